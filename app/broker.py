@@ -1,0 +1,95 @@
+"""Kafka administration: the project's topics (created explicitly, never by auto-creation),
+broker health, and consumer lag per topic and partition."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import KafkaError
+
+from app.errors import ServiceUnavailable
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replicas: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    p, r = settings.topic_partitions, settings.topic_replicas
+    week = str(7 * 24 * 3600 * 1000)
+    return [
+        # Raw upload events: small (object key + hash), kept a week for replay.
+        TopicSpec(settings.input_topic, p, r, {"retention.ms": week}),
+        # Descriptors: the replayable history that `imgstream replay` re-classifies; kept forever.
+        TopicSpec(settings.features_topic, p, r, {"retention.ms": "-1"}),
+        TopicSpec(settings.dead_letter_topic, p, r, {"retention.ms": week}),
+    ]
+
+
+async def ensure_topics(settings: Settings) -> dict[str, str]:
+    """Create missing topics and grow partition counts that are too small. Idempotent."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = await admin.describe_topics([s.name for s in topic_specs(settings)])
+        have = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
+        result: dict[str, str] = {}
+        missing = [s for s in topic_specs(settings) if s.name not in have]
+        if missing:
+            await admin.create_topics(
+                [NewTopic(s.name, s.partitions, s.replicas, topic_configs=s.config) for s in missing]
+            )
+            result.update({s.name: f"created ({s.partitions} partitions)" for s in missing})
+        grow = {s.name: NewPartitions(s.partitions) for s in topic_specs(settings)
+                if s.name in have and have[s.name] < s.partitions}
+        if grow:
+            await admin.create_partitions(grow)
+            result.update({n: f"grown to {g.total_count} partitions" for n, g in grow.items()})
+        for s in topic_specs(settings):
+            result.setdefault(s.name, f"exists ({have.get(s.name)} partitions)")
+        return result
+    finally:
+        await admin.close()
+
+
+async def ping(settings: Settings, timeout: float = 5.0) -> None:
+    """Raise ServiceUnavailable unless the broker answers a metadata request."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.list_topics(), timeout)
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        raise ServiceUnavailable(f"kafka unavailable: {type(exc).__name__}") from exc
+    finally:
+        await admin.close()
+
+
+async def consumer_lag(settings: Settings, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """Lag (end offset - committed offset) of ``group`` per (topic, partition)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        if not partitions:
+            return {}
+        ends = await consumer.end_offsets(partitions)
+        lag = {}
+        for tp in partitions:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            lag[(tp.topic, tp.partition)] = max(0, ends[tp] - done)
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()

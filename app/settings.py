@@ -1,0 +1,136 @@
+"""All of imgstream's configuration, in one pydantic-settings class.
+
+Every field is read from an environment variable named ``IMGSTREAM_<FIELD>`` (upper case), or from
+a ``.env`` file in the working directory. The README's settings table is generated from the
+docstrings below (``imgstream settings --markdown``), so a field without one is a bug.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROLES = ("extractor", "classifier-fast", "classifier-balanced", "classifier-accurate", "dead-letter")
+CLASSIFIERS = ("fast", "balanced", "accurate")
+Backbone = Literal["efficientnet_lite0", "resnet50"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMGSTREAM_", env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    state_dir: Path = Path("var")
+    """Project-owned directory for the local stack's data, logs and pid files, and bundle cache."""
+    cache_dir: Path = Path.home() / ".cache" / "imgstream"
+    """Cache for big downloads kept outside the clone: Kafka jars, versitygw, export venv, features."""
+
+    # --- Kafka ---------------------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers (host:port[,host:port])."""
+    kafka_version: str = "3.9.1"
+    """Apache Kafka version the local stack resolves from Maven Central (must match deploy/kafka/pom.xml)."""
+    topic_partitions: int = Field(4, ge=1)
+    """Partitions of every imgstream topic; the unit of parallelism for each stage."""
+    topic_replicas: int = Field(1, ge=1)
+    """Replication factor of the topics imgstream creates."""
+    input_topic: str = "images-input-stream"
+    """Topic of upload events (object key, sha256), keyed by sha256."""
+    features_topic: str = "image-features-stream"
+    """Topic of compact descriptor messages, keyed by image id."""
+    dead_letter_topic: str = "images-dead-letter"
+    """Topic of messages that could not be processed, with the reason."""
+    app_id: str = "imgstream"
+    """Faust application id: the consumer-group prefix and table changelog prefix."""
+
+    # --- PostgreSQL ----------------------------------------------------------------------------
+    postgres_dsn: SecretStr = SecretStr("postgresql://imgstream:imgstream@127.0.0.1:5433/imgstream")
+    """asyncpg DSN of the predictions database (a secret: never logged)."""
+    postgres_port: int = 5433
+    """Port of the local stack's PostgreSQL (the DSN must match)."""
+
+    # --- S3 ------------------------------------------------------------------------------------
+    s3_endpoint: str = "http://127.0.0.1:7070"
+    """S3 endpoint URL (versitygw locally; MinIO, SeaweedFS or AWS elsewhere)."""
+    s3_bucket: str = "imgstream"
+    """Bucket holding raw images (raw-images/...) and model bundles (models/...)."""
+    s3_region: str = "us-east-1"
+    """S3 region name used for request signing."""
+    s3_access_key: SecretStr = SecretStr("imgstream")
+    """S3 access key id (a secret)."""
+    s3_secret_key: SecretStr = SecretStr("imgstream-secret-key")
+    """S3 secret access key (a secret)."""
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    """Address the worker's web server binds to."""
+    web_port: int = 6066
+    """Port of the worker's web server (uploads, predictions, health, metrics, dashboard)."""
+    api_token: SecretStr | None = None
+    """If set, write endpoints (POST) require `Authorization: Bearer <token>`."""
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    """Largest accepted upload body in bytes (413 above)."""
+    max_pixels: int = Field(40_000_000, ge=1)
+    """Largest accepted image area in pixels; refuses decompression bombs (413 above)."""
+
+    # --- models --------------------------------------------------------------------------------
+    backbone: Backbone = "efficientnet_lite0"
+    """Backbone used by `models train` when none is given."""
+    bundle_version: str = "latest"
+    """Model bundle version workers load from the object store ('latest' = newest published)."""
+    descriptor_k: int = Field(20, ge=2, le=256)
+    """Number of descriptors per image produced by the reduction step."""
+    ort_threads: int = Field(0, ge=0)
+    """onnxruntime intra-op threads (0 = one per core)."""
+
+    # --- pipeline ------------------------------------------------------------------------------
+    roles: Annotated[tuple[str, ...], NoDecode] = ROLES
+    """Stages this worker runs (comma-separated in the env var): any of extractor,
+    classifier-fast, classifier-balanced, classifier-accurate, dead-letter."""
+    extract_batch_size: int = Field(16, ge=1)
+    """Extractor micro-batch size: stream.take(n, ...)."""
+    extract_batch_within: float = Field(0.02, gt=0)
+    """Extractor micro-batch wait in seconds: stream.take(..., within=t)."""
+    fetch_concurrency: int = Field(16, ge=1)
+    """Concurrent S3 fetches per extractor batch."""
+    classify_batch_size: int = Field(64, ge=1)
+    """Classifier micro-batch size (one predict call and one DB write per batch)."""
+    classify_batch_within: float = Field(0.01, gt=0)
+    """Classifier micro-batch wait in seconds."""
+
+    # --- logging -------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    """Log level of imgstream's own loggers."""
+    log_json: bool = False
+    """Emit one JSON object per log line (for log shippers)."""
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value):
+        return parse_roles(value)
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.state_dir / "bundles"
+
+
+def parse_roles(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Roles from a comma-separated string or a sequence; 'all' means every role."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    roles = tuple(r.strip() for r in items if r.strip())
+    if roles in ((), ("all",)):
+        return ROLES
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role(s) {unknown}; choose from {', '.join(ROLES)}")
+    return roles
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,355 @@
+"""The three local services and the up/down/status verbs over them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from app.errors import ImgstreamError, StackError
+from app.settings import Settings
+from app.stack.process import ManagedProcess, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"
+
+
+def _run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise StackError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc
+
+
+def _health(coro_fn) -> str | None:
+    """Run an async health check; None when healthy, else the reason."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # polling a starting broker is noisy
+    try:
+        asyncio.run(coro_fn())
+        return None
+    except ImgstreamError as exc:
+        return exc.message
+    except Exception as exc:  # noqa: BLE001 - a health check reports, it does not raise
+        return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Service:
+    settings: Settings
+    name: str = ""
+    start_timeout: float = 90.0
+    proc: ManagedProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dir = self.settings.state_dir.resolve() / self.name
+        self.proc = ManagedProcess(self.name, self.settings.state_dir.resolve() / "run" / f"{self.name}.pid",
+                                   self.settings.state_dir.resolve() / "logs" / f"{self.name}.log")
+
+    # subclasses implement these
+    def install(self) -> None: ...
+    def launch(self) -> None: ...
+    def health(self) -> str | None: ...
+    def provision(self) -> None: ...
+
+    def up(self) -> str:
+        if self.proc.pid() is not None and self.health() is None:
+            self.provision()
+            return "already running"
+        self.install()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.proc.pid() is None:
+            self.launch()
+        ok, reason = wait_until(self._alive_and_healthy, self.start_timeout)
+        if not ok:
+            raise StackError(f"{self.name} did not become healthy: {reason}\n--- {self.proc.log_file} ---\n"
+                             f"{self.proc.log_tail()}")
+        self.provision()
+        return f"started (pid {self.proc.pid()})"
+
+    def _alive_and_healthy(self) -> str | None:
+        if self.proc.pid() is None:
+            return "process exited"
+        return self.health()
+
+    def down(self) -> str:
+        return "stopped" if self.proc.stop() else "not running"
+
+    def status(self) -> tuple[int | None, str]:
+        pid = self.proc.pid()
+        reason = self.health()
+        return pid, "healthy" if reason is None else reason
+
+
+class Kafka(Service):
+    """Apache Kafka in KRaft mode (combined broker+controller), jars from Maven Central."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "kafka", start_timeout=120)
+        self.libs = settings.cache_dir / f"kafka-{settings.kafka_version}" / "libs"
+        host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port)
+
+    def install(self) -> None:
+        if any(self.libs.glob("kafka_2.13-*.jar")):
+            return
+        if shutil.which("mvn") is None:
+            raise StackError("Maven (mvn) is needed to resolve Kafka's jars: apt-get install maven")
+        self.libs.mkdir(parents=True, exist_ok=True)
+        _run(["mvn", "-q", "-B", "-f", str(REPO_ROOT / "deploy" / "kafka" / "pom.xml"),
+              f"-Dkafka.version={self.settings.kafka_version}", "dependency:copy-dependencies",
+              f"-DoutputDirectory={self.libs}"], "resolving Kafka jars with Maven")
+
+    def _java(self, *args: str) -> list[str]:
+        java = shutil.which("java") or "java"
+        return [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+                "-cp", f"{self.libs}/*", *args]
+
+    def _write_config(self) -> Path:
+        data = self.dir / "data"
+        props = self.dir / "server.properties"
+        props.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.port + 1}",
+            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.port + 1}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data}",
+            f"num.partitions={self.settings.topic_partitions}",
+            "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.check.interval.ms=60000",
+            "",
+        ]))
+        (self.dir / "log4j.properties").write_text(
+            "log4j.rootLogger=INFO, stdout\n"
+            "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.kafka=INFO\nlog4j.logger.org.apache.kafka=INFO\n"
+            "log4j.logger.state.change.logger=WARN\nlog4j.logger.kafka.request.logger=WARN\n"
+        )
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            _run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                 "formatting Kafka storage")
+        return props
+
+    def launch(self) -> None:
+        props = self._write_config()
+        self.proc.start(self._java("kafka.Kafka", str(props)))
+
+    def health(self) -> str | None:
+        from app import broker
+        return _health(lambda: broker.ping(self.settings, timeout=3))
+
+    def provision(self) -> None:
+        from app import broker
+        asyncio.run(broker.ensure_topics(self.settings))
+
+
+class Postgres(Service):
+    """PostgreSQL from Debian's packages, a private cluster on 127.0.0.1:<postgres_port>."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "postgres", start_timeout=60)
+        self.port = settings.postgres_port
+        self.dsn = urlparse(settings.postgres_dsn.get_secret_value())
+
+    @staticmethod
+    def bindir() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+        return found[-1].parent if found else None
+
+    def install(self) -> None:
+        if self.bindir() is None:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            _run(["apt-get", "update", "-q"], "apt-get update", env=env)
+            _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+                 "installing PostgreSQL", env=env)
+        # Debian's cluster (if any) is not ours; we run a private one.
+
+    def _as_owner(self) -> list[str]:
+        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def _datadir(self) -> Path:
+        data = self.dir / "data"
+        if os.geteuid() == 0:
+            # postgres refuses to run as root: the cluster belongs to the 'postgres' user, which must be
+            # able to reach it. Where the clone sits under a private folder (/root), keep the cluster in
+            # /var/lib/imgstream and link it from the state directory.
+            pw = pwd.getpwnam("postgres")
+            reachable = subprocess.run(self._as_owner() + ["test", "-x", str(self.dir)],
+                                       capture_output=True).returncode == 0
+            if not reachable and not data.is_symlink():
+                target = Path("/var/lib/imgstream") / uuid.uuid5(uuid.NAMESPACE_URL, str(self.dir)).hex / "data"
+                target.mkdir(parents=True, exist_ok=True)
+                os.chown(target, pw.pw_uid, pw.pw_gid)
+                data.symlink_to(target)
+            if not data.exists():
+                data.mkdir(parents=True)
+            os.chown(data, pw.pw_uid, pw.pw_gid)
+            os.chown(data.resolve(), pw.pw_uid, pw.pw_gid)
+        return data.resolve()
+
+    def launch(self) -> None:
+        bindir = self.bindir()
+        data = self._datadir()
+        if not (data / "PG_VERSION").exists():
+            self._initdb(bindir, data)
+        self.proc.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.proc.log_file.touch()
+        if os.geteuid() == 0:
+            os.chown(self.proc.log_file, pwd.getpwnam("postgres").pw_uid, -1)
+        sockdir = Path("/tmp")
+        _run(self._as_owner() + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.proc.log_file),
+                                 "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {sockdir} "
+                                       "-c max_connections=200 -c fsync=on",
+                                 "-w", "-t", "60", "start"], "starting PostgreSQL")
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        self.proc.record(pid)
+
+    def _initdb(self, bindir: Path, data: Path) -> None:
+        # Local socket connections trust the OS user 'postgres' (for provisioning); TCP needs a password.
+        _run(self._as_owner() + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+                                 "--auth-local=trust", "--auth-host=scram-sha-256"], "initdb")
+
+    def health(self) -> str | None:
+        import asyncpg
+
+        async def check() -> None:
+            conn = await asyncpg.connect(self.settings.postgres_dsn.get_secret_value(), timeout=3)
+            await conn.fetchval("SELECT 1")
+            await conn.close()
+
+        return _health(check if self._provisioned() else self._ping_superuser)
+
+    async def _ping_superuser(self) -> None:
+        import asyncpg
+        conn = await asyncpg.connect(host="/tmp", port=self.port, user="postgres", database="postgres", timeout=3)
+        await conn.close()
+
+    def _provisioned(self) -> bool:
+        return (self.dir / ".provisioned").exists()
+
+    def provision(self) -> None:
+        import asyncpg
+
+        from app.storage.database import migrate
+
+        user, password = self.dsn.username or "imgstream", self.dsn.password or ""
+        database = (self.dsn.path or "/imgstream").lstrip("/")
+
+        async def run() -> None:
+            conn = await asyncpg.connect(host="/tmp", port=self.port, user="postgres", database="postgres")
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user):
+                    await conn.execute(f'CREATE ROLE "{user}" LOGIN')
+                # ALTER ROLE takes no bind parameters; quote the literal the way PostgreSQL does.
+                await conn.execute(f"""ALTER ROLE "{user}" PASSWORD '{password.replace("'", "''")}'""")
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                    await conn.execute(f'CREATE DATABASE "{database}" OWNER "{user}"')
+            finally:
+                await conn.close()
+            conn = await asyncpg.connect(self.settings.postgres_dsn.get_secret_value())
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+        (self.dir / ".provisioned").touch()
+
+    def down(self) -> str:
+        # SIGINT is PostgreSQL's "fast shutdown": it does not wait for clients to disconnect.
+        return "stopped" if self.proc.stop(signal.SIGINT, timeout=60) else "not running"
+
+
+class ObjectStoreServer(Service):
+    """versitygw (Apache-2.0) serving a POSIX folder as S3 on 127.0.0.1."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "s3", start_timeout=30)
+        self.binary = settings.cache_dir / "bin" / "versitygw"
+        self.address = urlparse(settings.s3_endpoint).netloc
+
+    def install(self) -> None:
+        if self.binary.exists():
+            return
+        if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+            raise StackError("Go is needed to build versitygw: apt-get install golang")
+        go = shutil.which("go") or "/usr/local/go/bin/go"
+        self.binary.parent.mkdir(parents=True, exist_ok=True)
+        _run([go, "install", VERSITYGW_MODULE], "building versitygw",
+             env={**os.environ, "GOBIN": str(self.binary.parent)})
+
+    def launch(self) -> None:
+        data, meta = self.dir / "data", self.dir / "meta"
+        data.mkdir(parents=True, exist_ok=True)
+        meta.mkdir(parents=True, exist_ok=True)
+        # Credentials travel in the environment, never on the command line (visible in ps).
+        self.proc.start(
+            [str(self.binary), "--port", self.address, "--quiet", "posix", "--sidecar", str(meta), str(data)],
+            env={"ROOT_ACCESS_KEY_ID": self.settings.s3_access_key.get_secret_value(),
+                 "ROOT_SECRET_ACCESS_KEY": self.settings.s3_secret_key.get_secret_value(),
+                 "VGW_REGION": self.settings.s3_region},
+        )
+
+    def health(self) -> str | None:
+        from app.storage.objectstore import ObjectStore
+
+        async def check() -> None:
+            async with ObjectStore(self.settings) as store:
+                await store.client.list_buckets()
+
+        return _health(check)
+
+    def provision(self) -> None:
+        from app.storage.objectstore import ObjectStore
+
+        async def run() -> None:
+            async with ObjectStore(self.settings) as store:
+                await store.ensure_bucket()
+
+        asyncio.run(run())
+
+
+SERVICES = {"postgres": Postgres, "s3": ObjectStoreServer, "kafka": Kafka}
+
+
+def _select(settings: Settings, names: list[str] | None) -> list[Service]:
+    names = names or list(SERVICES)
+    unknown = set(names) - set(SERVICES)
+    if unknown:
+        raise StackError(f"unknown service(s): {sorted(unknown)}; choose from {sorted(SERVICES)}")
+    return [SERVICES[n](settings) for n in names]
+
+
+def up(settings: Settings, names: list[str] | None = None, report=print) -> None:
+    for svc in _select(settings, names):
+        report(f"{svc.name}: {svc.up()}")
+
+
+def down(settings: Settings, names: list[str] | None = None, report=print) -> None:
+    for svc in reversed(_select(settings, names)):
+        report(f"{svc.name}: {svc.down()}")
+
+
+def status(settings: Settings, names: list[str] | None = None) -> list[tuple[str, int | None, str]]:
+    return [(svc.name, *svc.status()) for svc in _select(settings, names)]

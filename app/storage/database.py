@@ -1,0 +1,193 @@
+"""PostgreSQL through asyncpg: migrations, the classifiers' idempotent batch upserts, and reads.
+
+Every statement is parameterized. A redelivered Kafka message never makes a second row: the
+primary key is (image_id, classifier, model_version) and writes are ``ON CONFLICT DO NOTHING``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from uuid import UUID
+
+import asyncpg
+
+from app.errors import ServiceUnavailable
+from app.settings import Settings
+
+PG_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncio.TimeoutError,
+           asyncpg.CannotConnectNowError)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRow:
+    image_id: UUID
+    classifier: str
+    model_version: str
+    label: str
+    confidence: float
+    probabilities: list[float]
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImageProgress:
+    """What a classifier knows of an image's path so far (from the descriptor message)."""
+
+    image_id: UUID
+    uploaded_at: datetime | None
+    extract_started_at: datetime | None
+    extract_finished_at: datetime | None
+    extract_cached: bool
+    bundle_version: str
+
+
+def migrations() -> list[tuple[str, str]]:
+    folder = resources.files("app.storage") / "migrations"
+    return sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply every migration not yet recorded, each in its own transaction; idempotent."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz DEFAULT now())"
+    )
+    applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+    done = []
+    for name, sql in migrations():
+        if name in applied:
+            continue
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+        done.append(name)
+    return done
+
+
+class Database:
+    def __init__(self, settings: Settings, *, min_size: int = 1, max_size: int = 8) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._sizes = (min_size, max_size)
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.settings.postgres_dsn.get_secret_value(),
+            min_size=self._sizes[0],
+            max_size=self._sizes[1],
+            command_timeout=10,
+            timeout=5,
+        )
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def __aenter__(self) -> Database:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise ServiceUnavailable("database not connected")
+        return self._pool
+
+    async def ping(self) -> None:
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 5)
+        except PG_DOWN as exc:
+            raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    # --- writes --------------------------------------------------------------------------------
+    async def record_upload(self, image_id: UUID, object_key: str, sha256: str, size: int,
+                            content_type: str, uploaded_at: datetime) -> None:
+        await self.pool.execute(
+            """INSERT INTO images (image_id, object_key, sha256, size, content_type, uploaded_at)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (image_id) DO UPDATE SET object_key = EXCLUDED.object_key,
+                 sha256 = EXCLUDED.sha256, size = EXCLUDED.size, content_type = EXCLUDED.content_type,
+                 uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at), updated_at = now()""",
+            image_id, object_key, sha256, size, content_type, uploaded_at,
+        )
+
+    async def mark_failed(self, image_id: UUID, reason: str, object_key: str | None = None,
+                          sha256: str | None = None, uploaded_at: datetime | None = None) -> None:
+        await self.pool.execute(
+            """INSERT INTO images (image_id, object_key, sha256, uploaded_at, status, error)
+               VALUES ($1, $2, $3, $4, 'failed', $5)
+               ON CONFLICT (image_id) DO UPDATE SET status = 'failed', error = EXCLUDED.error, updated_at = now()""",
+            image_id, object_key, sha256, uploaded_at, reason[:1000],
+        )
+
+    async def write_predictions(self, progress: list[ImageProgress], rows: list[PredictionRow]) -> int:
+        """Upsert the images' progress and insert predictions in one transaction. Returns rows inserted."""
+        progress = sorted(progress, key=lambda p: p.image_id)  # one lock order across classifiers
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                """INSERT INTO images (image_id, uploaded_at, extract_started_at, extract_finished_at,
+                                       extract_cached, bundle_version)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (image_id) DO UPDATE SET
+                     uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at),
+                     extract_started_at = COALESCE(images.extract_started_at, EXCLUDED.extract_started_at),
+                     extract_finished_at = COALESCE(images.extract_finished_at, EXCLUDED.extract_finished_at),
+                     extract_cached = COALESCE(images.extract_cached, EXCLUDED.extract_cached),
+                     bundle_version = COALESCE(images.bundle_version, EXCLUDED.bundle_version)
+                   WHERE images.bundle_version IS NULL OR images.extract_started_at IS NULL""",
+                [(p.image_id, p.uploaded_at, p.extract_started_at, p.extract_finished_at, p.extract_cached,
+                  p.bundle_version) for p in progress],
+            )
+            cols = 7
+            values = ", ".join(
+                "(" + ", ".join(f"${i * cols + j + 1}" for j in range(cols)) + ")" for i in range(len(rows))
+            )
+            params = [v for r in rows for v in (r.image_id, r.classifier, r.model_version, r.label,
+                                                r.confidence, r.probabilities, r.latency_ms)]
+            inserted = await conn.fetch(
+                f"""INSERT INTO predictions (image_id, classifier, model_version, label, confidence,
+                                             probabilities, latency_ms)
+                    VALUES {values}
+                    ON CONFLICT (image_id, classifier, model_version) DO NOTHING RETURNING image_id""",
+                *params,
+            ) if rows else []
+        return len(inserted)
+
+    # --- reads ---------------------------------------------------------------------------------
+    async def get_image(self, image_id: UUID) -> asyncpg.Record | None:
+        return await self.pool.fetchrow("SELECT * FROM images WHERE image_id = $1", image_id)
+
+    async def get_predictions(self, image_id: UUID, model_version: str | None = None) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT * FROM predictions WHERE image_id = $1 AND ($2::text IS NULL OR model_version = $2)
+               ORDER BY classifier, created_at""",
+            image_id, model_version,
+        )
+
+    async def recent_images(self, limit: int, offset: int) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT * FROM images ORDER BY uploaded_at DESC NULLS LAST, image_id LIMIT $1 OFFSET $2",
+            limit, offset,
+        )
+
+    async def predictions_for(self, image_ids: list[UUID]) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT * FROM predictions WHERE image_id = ANY($1::uuid[]) ORDER BY created_at", image_ids
+        )
+
+    async def prediction_stats(self, window_s: int = 300) -> list[asyncpg.Record]:
+        """Per classifier over the last window: count and latency percentiles."""
+        return await self.pool.fetch(
+            """SELECT classifier, count(*) AS n,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
+               FROM predictions WHERE created_at > now() - make_interval(secs => $1)
+               GROUP BY classifier ORDER BY classifier""",
+            float(window_s),
+        )

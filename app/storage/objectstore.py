@@ -1,0 +1,109 @@
+"""S3 object store through aioboto3: raw images under ``raw-images/`` and bundles under ``models/``.
+
+One ``ObjectStore`` holds one aiobotocore client for its lifetime (``start``/``stop``); it is never
+created at import time. Any S3 works (versitygw, MinIO, SeaweedFS, AWS) by ``IMGSTREAM_S3_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.errors import NotFound, ServiceUnavailable
+from app.settings import Settings
+
+_S3_DOWN = (BotoCoreError, ClientError, OSError, asyncio.TimeoutError)
+
+
+class ObjectStore:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bucket = settings.s3_bucket
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client = None
+
+    async def start(self) -> None:
+        session = aioboto3.Session()
+        self._stack = contextlib.AsyncExitStack()
+        self._client = await self._stack.enter_async_context(
+            session.client(
+                "s3",
+                endpoint_url=self.settings.s3_endpoint,
+                region_name=self.settings.s3_region,
+                aws_access_key_id=self.settings.s3_access_key.get_secret_value(),
+                aws_secret_access_key=self.settings.s3_secret_key.get_secret_value(),
+                config=Config(
+                    s3={"addressing_style": "path"},
+                    connect_timeout=3,
+                    read_timeout=10,
+                    retries={"max_attempts": 2, "mode": "standard"},
+                    max_pool_connections=64,
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
+            )
+        )
+
+    async def stop(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = self._client = None
+
+    async def __aenter__(self) -> ObjectStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def client(self):
+        if self._client is None:
+            raise RuntimeError("ObjectStore used before start()")
+        return self._client
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            await self.client.create_bucket(Bucket=self.bucket)
+
+    async def ping(self) -> None:
+        """Raise ServiceUnavailable unless the bucket answers."""
+        try:
+            await asyncio.wait_for(self.client.head_bucket(Bucket=self.bucket), 5)
+        except _S3_DOWN as exc:
+            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+
+    async def put(self, key: str, body: bytes, content_type: str = "application/octet-stream", **meta: str) -> None:
+        try:
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=meta)
+        except _S3_DOWN as exc:
+            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+
+    async def get(self, key: str) -> bytes:
+        try:
+            resp = await self.client.get_object(Bucket=self.bucket, Key=key)
+            async with resp["Body"] as body:
+                return await body.read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"object {key!r} not found") from exc
+            raise ServiceUnavailable(f"object store error: {exc.response.get('Error', {}).get('Code')}") from exc
+        except _S3_DOWN as exc:
+            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(ClientError):
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
