@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +44,251 @@ def stack_status(services: list[str] = typer.Argument(None)) -> None:
         table.add_row(name, str(pid or "-"), health if health != "healthy" else "[green]healthy[/]")
     console.print(table)
     raise typer.Exit(0 if all(h == "healthy" for *_, h in rows) else 1)
+
+
+models_cli = typer.Typer(no_args_is_help=True, help="Export, train, evaluate and publish model bundles.")
+cli.add_typer(models_cli, name="models")
+DEFAULT_DATA = Path("../shared/datasets/cifar10/train.tar.gz")
+
+
+def _onnx_path(backbone: str, random_init: bool = False) -> Path:
+    return get_settings().state_dir / "onnx" / f"{backbone}{'-random' if random_init else ''}.onnx"
+
+
+@models_cli.command("export")
+def models_export(
+    backbone: str = typer.Option("efficientnet_lite0", help="efficientnet_lite0 | resnet50"),
+    weights: Path = typer.Option(None, help="weights file (resnet50: torchvision's state dict)"),
+    random_init: bool = typer.Option(False, help="random weights: for speed measurements only"),
+    out: Path = typer.Option(None, help="output .onnx (default var/onnx/<backbone>.onnx)"),
+) -> None:
+    """Export a backbone to ONNX (pooled penultimate features, dynamic batch) in the export env."""
+    from app import exportenv
+
+    out = out or _onnx_path(backbone, random_init)
+    args = ["--backbone", backbone, "--out", str(out.resolve())]
+    if weights:
+        args += ["--weights", str(weights.resolve())]
+    if random_init:
+        args.append("--random-init")
+    console.print(exportenv.run(get_settings(), *args, log=console.print).strip().splitlines()[-1])
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    "{task.fields[rate]}", TimeRemainingColumn(), console=console, transient=False)
+
+
+def _task_factory(progress, description: str):
+    import time
+
+    def make(total: int):
+        task = progress.add_task(description, total=total, rate="")
+        started = time.monotonic()
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            done = progress.tasks[task].completed
+            progress.update(task, rate=f"{done / max(time.monotonic() - started, 1e-9):.0f} img/s")
+
+        return advance
+
+    return make
+
+
+@models_cli.command("train")
+def models_train(
+    data: Path = typer.Option(DEFAULT_DATA, help="archive or folder laid out <split>/<class>/<file>"),
+    backbone: str = typer.Option("efficientnet_lite0"),
+    k: int = typer.Option(20, help="descriptors per image"),
+    reduction: str = typer.Option("lda+pca", help="lda+pca | pca"),
+    limit_per_class: int = typer.Option(None, help="use at most N images per class (quick runs)"),
+    onnx: Path = typer.Option(None, help="backbone ONNX (default: exported on demand)"),
+    sweep: bool = typer.Option(True, help="also measure k = 10/20/50 for pca and lda+pca"),
+    publish: bool = typer.Option(True, help="publish the bundle to the object store"),
+    docs: Path = typer.Option(None, help="write this markdown report (e.g. docs/MODELS.md)"),
+) -> None:
+    """Train fast/balanced/accurate LightGBM classifiers on descriptors and write a versioned bundle."""
+    import json
+
+    from models import train as training
+    from models.report import models_markdown
+
+    settings = get_settings()
+    onnx = onnx or _onnx_path(backbone)
+    if not onnx.exists():
+        models_export(backbone=backbone, weights=None, random_init=False, out=onnx)
+    info_path = onnx.with_suffix(".json")
+    info = json.loads(info_path.read_text()) if info_path.exists() else {"backbone": backbone}
+    cfg = training.TrainConfig(source=data, onnx=onnx, onnx_info=info, backbone=backbone, k=k, reduction=reduction,
+                               limit_per_class=limit_per_class, cache_dir=settings.cache_dir, sweep=sweep,
+                               threads=settings.ort_threads)
+    with _progress() as progress:
+        path, manifest = training.train(cfg, settings.bundles_dir, _task_factory(progress, "features"),
+                                        log=console.print)
+    console.print(f"bundle [bold]{manifest['version']}[/] written to {path}")
+    if docs:
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        docs.write_text(models_markdown(manifest))
+        console.print(f"report written to {docs}")
+    if publish:
+        _publish(path)
+
+
+def _publish(path: Path) -> None:
+    import asyncio
+
+    from app import registry
+    from app.storage.objectstore import ObjectStore
+
+    async def go() -> str:
+        async with ObjectStore(get_settings()) as store:
+            await store.ensure_bucket()
+            return await registry.publish(store, path)
+
+    console.print(f"published {asyncio.run(go())} to s3://{get_settings().s3_bucket}/{registry.PREFIX}")
+
+
+@models_cli.command("publish")
+def models_publish(path: Path) -> None:
+    """Publish a local bundle folder to the object store."""
+    _publish(path)
+
+
+def _bundle_path(version: str) -> Path:
+    import asyncio
+
+    from app import registry
+    from app.storage.objectstore import ObjectStore
+
+    local = get_settings().bundles_dir / version
+    if version != "latest" and (local / "manifest.json").exists():
+        return local
+
+    async def go() -> Path:
+        async with ObjectStore(get_settings()) as store:
+            return await registry.fetch(store, version, get_settings().bundles_dir)
+
+    return asyncio.run(go())
+
+
+@models_cli.command("evaluate")
+def models_evaluate(
+    bundle: str = typer.Option("latest", help="bundle version (or 'latest')"),
+    data: Path = typer.Option(..., help="archive or folder laid out <split>/<class>/<file>"),
+    limit_per_class: int = typer.Option(None),
+) -> None:
+    """Evaluate a bundle and print JSON: top-1, macro-F1, ECE (15 bins), p50/p99 latency per classifier."""
+    from models import train as training
+    from models.bundle import Bundle
+
+    loaded = Bundle.load(_bundle_path(bundle), threads=get_settings().ort_threads)
+    with _progress() as progress:
+        result = training.evaluate(loaded, data, limit_per_class, _task_factory(progress, "evaluate"))
+    print(training.dumps(result))
+
+
+@models_cli.command("list")
+def models_list() -> None:
+    """Published bundle versions with their held-out metrics."""
+    import asyncio
+
+    from app import registry
+    from app.storage.objectstore import ObjectStore
+
+    async def go() -> list[dict]:
+        async with ObjectStore(get_settings()) as store:
+            return await registry.versions(store)
+
+    table = Table("version", "backbone", "k", "reduction", "images", "fast", "balanced", "accurate", "ceiling")
+    for m in asyncio.run(go()):
+        c = m["classifiers"]
+        table.add_row(m["version"], m["backbone"], str(m["k"]), m["reduction"], str(m["data"]["images"]),
+                      *(f"{c[n]['top1']:.3f}" for n in ("fast", "balanced", "accurate")), f"{m['ceiling']['top1']:.3f}")
+    console.print(table)
+
+
+@cli.command("worker")
+def worker(
+    role: list[str] = typer.Option(None, "--role", "-r", help="stage(s) to run (repeatable); default: all"),
+    web_port: int = typer.Option(None, help="HTTP port of this worker (default IMGSTREAM_WEB_PORT)"),
+    loglevel: str = typer.Option("info", "--loglevel", "-l"),
+) -> None:
+    """Run a Faust worker: the agents of the given roles plus the HTTP views."""
+    import os
+    import sys
+
+    from app.settings import parse_roles
+
+    if role:
+        os.environ["IMGSTREAM_ROLES"] = ",".join(parse_roles(role))
+    if web_port:
+        os.environ["IMGSTREAM_WEB_PORT"] = str(web_port)
+    get_settings.cache_clear()
+    settings = get_settings()
+    from app import broker
+    import asyncio
+
+    asyncio.run(broker.ensure_topics(settings))
+    from app.faust_app import get_app
+
+    sys.argv = ["imgstream", "worker", "--loglevel", loglevel, "--web-port", str(settings.web_port),
+                "--web-host", settings.web_host]
+    get_app().main()
+
+
+@cli.command("upload")
+def upload(
+    paths: list[Path] = typer.Argument(..., help="image files or folders"),
+    url: str = typer.Option(None, help="worker URL (default http://IMGSTREAM_WEB_HOST:IMGSTREAM_WEB_PORT)"),
+    concurrency: int = typer.Option(8, help="uploads in flight"),
+) -> None:
+    """Upload images concurrently with a progress bar; prints one image id per file."""
+    import asyncio
+
+    from app.client import upload_many
+
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file()]
+    base = url or f"http://{get_settings().web_host}:{get_settings().web_port}"
+    token = get_settings().api_token
+    with _progress() as progress:
+        advance = _task_factory(progress, "upload")(len(files))
+        results = asyncio.run(upload_many(base, files, concurrency, advance,
+                                          token.get_secret_value() if token else None))
+    failed = 0
+    for path, status, body in results:
+        if status == 202:
+            print(f"{body['image_id']}\t{path}")
+        else:
+            failed += 1
+            Console(stderr=True).print(f"[red]{path}[/]: {status} {body.get('error', body)}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@cli.command("predictions")
+def predictions(
+    image_id: str,
+    url: str = typer.Option(None),
+    trace: bool = typer.Option(False, help="include the image's timeline"),
+) -> None:
+    """Print an image's status, three predictions and consensus as JSON."""
+    import asyncio
+    import json
+
+    import aiohttp
+
+    base = url or f"http://{get_settings().web_host}:{get_settings().web_port}"
+
+    async def go():
+        async with aiohttp.ClientSession() as s, s.get(f"{base}/predictions/{image_id}",
+                                                       params={"trace": "1"} if trace else None) as r:
+            return r.status, await r.json()
+
+    status, body = asyncio.run(go())
+    print(json.dumps(body, indent=2))
+    raise typer.Exit(0 if status == 200 else 1)
 
 
 def main() -> None:

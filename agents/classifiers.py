@@ -1,0 +1,105 @@
+"""image-features-stream -> fast / balanced / accurate -> PostgreSQL.
+
+Three agents read the same topic in parallel. Each takes a micro-batch, predicts it with one
+LightGBM call off the event loop, and writes all rows in one transaction with an idempotent
+upsert, so a redelivered message never makes a second row. While PostgreSQL is down the agent
+retries the batch and Kafka holds the backlog: nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+import faust
+import numpy as np
+
+from agents import dead_letter
+from app.errors import Unprocessable
+from app.messages import Trace, decode_descriptors
+from app.metrics import BATCH_SIZE, COMPUTE_SECONDS, END_TO_END, MESSAGES, PREDICT_SECONDS, QUEUE_SECONDS
+from app.runtime import Runtime
+from app.storage.database import ImageProgress, PredictionRow
+
+log = logging.getLogger("imgstream.classifiers")
+
+
+def _dt(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+async def process_batch(runtime: Runtime, name: str, events: list, model_version: str | None = None) -> int:
+    """Classify one micro-batch with classifier ``name``; returns rows inserted.
+
+    ``model_version`` tags the rows (``imgstream replay`` passes the replayed bundle's version).
+    """
+    bundle = runtime.bundle
+    version = model_version or bundle.version
+    stage = f"classifier-{name}"
+    now = time.time()
+    BATCH_SIZE.labels(stage).observe(len(events))
+    ids, rows, traces = [], [], []
+    for event in events:
+        try:
+            image_id, desc = decode_descriptors(event.value)
+            trace = Trace.from_headers(event.headers)
+            if desc.shape[0] != bundle.k:
+                raise Unprocessable(f"{desc.shape[0]} descriptors, bundle {version} expects {bundle.k}",
+                                    code="wrong_descriptor_count")
+        except Unprocessable as exc:
+            # Only one of the three classifiers reports a poison message; all three skip it.
+            if name == "accurate":
+                await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
+            continue
+        QUEUE_SECONDS.labels(stage).observe(max(0.0, now - trace.extract_finished_at))
+        ids.append(image_id)
+        rows.append(desc)
+        traces.append(trace)
+    if not ids:
+        return 0
+
+    started = time.perf_counter()
+    x = np.stack(rows)
+    probs = await runtime.in_pool(runtime.predict_pool, bundle.predict, name, x)
+    predict_s = time.perf_counter() - started
+    PREDICT_SECONDS.labels(name, version).observe(predict_s / len(ids))
+    latency_ms = 1000 * predict_s / len(ids)
+    labels = bundle.labels
+    predictions = [
+        PredictionRow(image_id, name, version, labels[int(p.argmax())], float(p.max()),
+                      [float(v) for v in p], latency_ms)
+        for image_id, p in zip(ids, probs, strict=True)
+    ]
+    progress = [
+        ImageProgress(image_id, _dt(t.uploaded_at), _dt(t.extract_started_at), _dt(t.extract_finished_at), t.cached,
+                      t.bundle_version)
+        for image_id, t in zip(ids, traces, strict=True)
+    ]
+    inserted = await dead_letter.retry_forever(
+        f"writing {len(predictions)} {name} predictions",
+        lambda: runtime.db.write_predictions(progress, predictions), stage=stage,
+    )
+    done = time.time()
+    COMPUTE_SECONDS.labels(stage, version).observe(time.perf_counter() - started)
+    for t in traces:
+        END_TO_END.labels(name, version).observe(max(0.0, done - t.uploaded_at))
+    MESSAGES.labels(stage, "ok", version).inc(len(ids))
+    return inserted
+
+
+def register(app: faust.App, runtime: Runtime, names: list[str]) -> None:
+    settings = runtime.settings
+    for name in names:
+        _register_one(app, runtime, name, settings)
+
+
+def _register_one(app: faust.App, runtime: Runtime, name: str, settings) -> None:
+    async def classify(stream):
+        await runtime.ready.wait()
+        await runtime.wait_bundle()
+        async for events in stream.take_events(settings.classify_batch_size, within=settings.classify_batch_within):
+            await process_batch(runtime, name, list(events))
+
+    classify.__name__ = classify.__qualname__ = f"classifier_{name}"
+    app.agent(runtime.topics.features, name=f"classifier-{name}")(classify)

@@ -1,0 +1,86 @@
+"""Poison messages are data: they go to ``images-dead-letter`` with the reason, and this agent
+marks the image ``failed`` in PostgreSQL. The stage that refused the message keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from uuid import UUID
+
+import faust
+import msgspec
+
+from app.errors import ImgstreamError, ServiceUnavailable
+from app.metrics import DEAD_LETTERED, MESSAGES
+from app.runtime import Runtime
+from app.storage.database import PG_DOWN
+
+log = logging.getLogger("imgstream.dead_letter")
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    stage: str
+    code: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    failed_at: float
+    image_id: str | None = None
+    object_key: str | None = None
+    sha256: str | None = None
+    uploaded_at: float | None = None
+    original: bytes | None = None  # the refused message value (when it could not be parsed)
+
+
+async def send(runtime: Runtime, stage: str, event, error: ImgstreamError, **ids) -> None:
+    msg = event.message
+    letter = DeadLetter(stage=stage, code=error.code, reason=error.message, topic=msg.topic,
+                        partition=msg.partition, offset=msg.offset, failed_at=time.time(), **ids)
+    key = (ids.get("image_id") or f"{msg.topic}:{msg.partition}:{msg.offset}").encode()
+    await runtime.send(runtime.topics.dead_letter, key, msgspec.json.encode(letter))
+    DEAD_LETTERED.labels(stage, error.code).inc()
+    log.warning("dead-lettered %s message: %s", stage, error.message,
+                extra={"image_id": ids.get("image_id"), "code": error.code})
+
+
+async def retry_forever(what: str, coro_fn, *, stage: str, base: float = 0.5, cap: float = 10.0):
+    """Run ``coro_fn()`` until it succeeds while a dependency is down: Kafka keeps the backlog."""
+    delay = base
+    while True:
+        try:
+            return await coro_fn()
+        except (ServiceUnavailable, *PG_DOWN) as exc:
+            MESSAGES.labels(stage, "retried", "").inc()
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cap)
+
+
+def register(app: faust.App, runtime: Runtime) -> None:
+    @app.agent(runtime.topics.dead_letter, name="dead-letter")
+    async def dead_letter(stream):
+        await runtime.ready.wait()
+        async for event in stream.events():
+            try:
+                letter = msgspec.json.decode(event.value, type=DeadLetter)
+                image_id = UUID(letter.image_id) if letter.image_id else None
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                log.error("unreadable dead letter at %s:%s", event.message.partition, event.message.offset)
+                continue
+            if image_id is None:
+                continue
+            await retry_forever(
+                "marking image failed",
+                lambda: runtime.db.mark_failed(image_id, f"{letter.code}: {letter.reason}", letter.object_key,
+                                               letter.sha256, _ts(letter.uploaded_at)),
+                stage="dead-letter",
+            )
+            MESSAGES.labels("dead-letter", "ok", "").inc()
+
+
+def _ts(epoch: float | None):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC) if epoch else None

@@ -1,0 +1,156 @@
+"""images-input-stream -> image-features-stream.
+
+Per micro-batch (``stream.take_events(n, within=t)``): parse the upload events, answer repeats
+of the same bytes from the descriptor table, fetch the other objects from S3 concurrently,
+decode them off the event loop, run the backbone once for the whole batch, reduce to k
+descriptors, remember them in the table, and publish one compact message per image. An image
+that cannot be decoded (or whose object is gone) is dead-lettered; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from uuid import UUID
+
+import faust
+import numpy as np
+
+from agents import dead_letter
+from app.errors import ImgstreamError, InvalidImage, NotFound, Unprocessable
+from app.messages import ImageUploaded, Trace, encode_descriptors
+from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
+from app.runtime import Runtime
+from models.preprocess import preprocess
+from tables import descriptors as table_codec
+
+log = logging.getLogger("imgstream.extractor")
+STAGE = "extractor"
+
+
+@dataclass(eq=False)
+class Item:
+    event: object
+    msg: ImageUploaded
+    started: float
+    descriptors: np.ndarray | None = None
+    cached: bool = False
+    pixels: np.ndarray | None = None
+    dead: bool = False  # dead-lettered
+
+
+async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
+    async with sem:
+        data = await dead_letter.retry_forever(f"fetching {item.msg.object_key}",
+                                               lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
+    spec = runtime.bundle.extractor.spec
+    item.pixels = await runtime.in_pool(runtime.decode_pool, preprocess, data, spec, runtime.settings.max_pixels)
+
+
+async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]:
+    """Handle one micro-batch; returns counts (published, cached, dead_lettered)."""
+    bundle = runtime.bundle
+    version = bundle.version
+    now = time.time()
+    BATCH_SIZE.labels(STAGE).observe(len(events))
+    items: list[Item] = []
+    counts = {"published": 0, "cached": 0, "dead_lettered": 0}
+    for event in events:
+        try:
+            msg = ImageUploaded.loads(event.value)
+        except Unprocessable as exc:
+            await dead_letter.send(runtime, STAGE, event, exc, original=bytes(event.value or b"")[:4096])
+            counts["dead_lettered"] += 1
+            continue
+        QUEUE_SECONDS.labels(STAGE).observe(max(0.0, now - msg.uploaded_at))
+        items.append(Item(event, msg, now))
+
+    # 1. the descriptor table answers repeats of the same bytes (same sha256, same bundle)
+    first_of: dict[str, Item] = {}
+    todo: list[Item] = []
+    for item in items:
+        hit = table.get(item.msg.sha256)
+        if hit is not None:
+            hit_version, desc = table_codec.unpack(hit)
+            if hit_version == version:
+                item.descriptors, item.cached = desc, True
+                CACHE.labels("hit").inc()
+                continue
+        if item.msg.sha256 in first_of:  # the same bytes twice in one batch: extract once
+            item.cached = True
+            CACHE.labels("hit").inc()
+            continue
+        CACHE.labels("miss").inc()
+        first_of[item.msg.sha256] = item
+        todo.append(item)
+
+    # 2. fetch + decode concurrently; refuse what cannot be decoded
+    started = time.perf_counter()
+    sem = asyncio.Semaphore(runtime.settings.fetch_concurrency)
+    results = await asyncio.gather(*(fetch_and_decode(runtime, it, sem) for it in todo), return_exceptions=True)
+    good: list[Item] = []
+    failed: dict[str, ImgstreamError] = {}
+    for item, res in zip(todo, results, strict=True):
+        if isinstance(res, BaseException):
+            if isinstance(res, NotFound):
+                res = Unprocessable(f"object {item.msg.object_key} is gone", code="object_missing")
+            if not isinstance(res, (InvalidImage, ImgstreamError)):
+                raise res
+            await dead_letter.send(runtime, STAGE, item.event, res, image_id=item.msg.image_id,
+                                   object_key=item.msg.object_key, sha256=item.msg.sha256,
+                                   uploaded_at=item.msg.uploaded_at)
+            counts["dead_lettered"] += 1
+            failed[item.msg.sha256] = res
+            item.dead = True
+            continue
+        good.append(item)
+
+    # 3. one ONNX call for the batch, then the reduction
+    if good:
+        batch = np.stack([it.pixels for it in good])
+        desc = await runtime.in_pool(runtime.onnx_pool, bundle.descriptors, batch)
+        for it, d in zip(good, desc, strict=True):
+            it.descriptors, it.pixels = d, None
+            with table_codec.event_context(it.event):
+                table[it.msg.sha256] = table_codec.pack(version, d)
+    finished = time.time()
+    COMPUTE_SECONDS.labels(STAGE, version).observe(time.perf_counter() - started)
+
+    # 4. publish (in input order), waiting for the broker's confirmation
+    sends = []
+    for item in items:
+        if item.dead:
+            continue
+        if item.descriptors is None:
+            if item.msg.sha256 in failed:  # a twin of a refused image in this batch
+                await dead_letter.send(runtime, STAGE, item.event, failed[item.msg.sha256],
+                                       image_id=item.msg.image_id, object_key=item.msg.object_key,
+                                       sha256=item.msg.sha256, uploaded_at=item.msg.uploaded_at)
+                counts["dead_lettered"] += 1
+                continue
+            item.descriptors = first_of[item.msg.sha256].descriptors
+        payload = encode_descriptors(UUID(item.msg.image_id), item.descriptors)
+        trace = Trace(version, item.msg.uploaded_at, item.started, finished, item.cached)
+        MESSAGE_BYTES.labels(runtime.settings.features_topic).observe(len(payload))
+        sends.append(runtime.send(runtime.topics.features, item.msg.image_id.encode(), payload, trace.headers()))
+        counts["published"] += 1
+        counts["cached"] += item.cached
+    await asyncio.gather(*sends)
+    MESSAGES.labels(STAGE, "ok", version).inc(counts["published"])
+    MESSAGES.labels(STAGE, "dead_lettered", version).inc(counts["dead_lettered"])
+    for item in items:
+        log.debug("extracted", extra={"image_id": item.msg.image_id, "cached": item.cached})
+    return counts
+
+
+def register(app: faust.App, runtime: Runtime, table) -> None:
+    settings = runtime.settings
+
+    @app.agent(runtime.topics.input, name="extractor")
+    async def extractor(stream):
+        await runtime.ready.wait()
+        await runtime.wait_bundle()
+        async for events in stream.take_events(settings.extract_batch_size, within=settings.extract_batch_within):
+            await process_batch(runtime, table, list(events))

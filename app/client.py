@@ -1,0 +1,54 @@
+"""A small HTTP client for imgstream's API (used by the CLI, the tests and the benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from pathlib import Path
+
+import aiohttp
+
+
+async def upload_bytes(session: aiohttp.ClientSession, base: str, data: bytes, content_type: str = "image/jpeg",
+                       token: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with session.post(f"{base}/upload", data=data, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def upload_many(base: str, files: list[Path], concurrency: int = 8, advance=None,
+                      token: str | None = None) -> list[tuple[Path, int, dict]]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(session, path: Path):
+        async with sem:
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            try:
+                status, body = await upload_bytes(session, base, path.read_bytes(), ctype, token)
+            except aiohttp.ClientError as exc:
+                status, body = 0, {"error": str(exc)}
+            if advance:
+                advance(1)
+            return path, status, body
+
+    async with aiohttp.ClientSession() as session:
+        return await asyncio.gather(*(one(session, f) for f in files))
+
+
+async def wait_complete(session: aiohttp.ClientSession, base: str, image_ids: list[str], deadline: float,
+                        poll: float = 0.25) -> dict[str, dict]:
+    """Poll until every image is complete or failed, or the deadline (loop time) passes."""
+    loop = asyncio.get_running_loop()
+    done: dict[str, dict] = {}
+    while loop.time() < deadline and len(done) < len(image_ids):
+        for image_id in [i for i in image_ids if i not in done]:
+            async with session.get(f"{base}/predictions/{image_id}") as r:
+                if r.status == 200:
+                    body = await r.json()
+                    if body["status"] in ("complete", "failed"):
+                        done[image_id] = body
+        if len(done) < len(image_ids):
+            await asyncio.sleep(poll)
+    return done

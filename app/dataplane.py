@@ -1,0 +1,224 @@
+"""The business logic of every HTTP view, once: upload, predictions, extract, predict, health.
+
+Views (``app.views``) are thin adapters that parse HTTP and call these methods; errors are raised
+from ``app.errors`` and mapped to ``{"error": {"code", "message"}}`` in one middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+
+from app import broker
+from app.errors import BadRequest, ImgstreamError, ModelError, NotFound, ServiceUnavailable, Unprocessable
+from app.messages import ImageUploaded
+from app.metrics import UPLOADS
+from app.runtime import Runtime
+from models.preprocess import EXTENSIONS, FORMATS, decode, preprocess, probe
+
+log = logging.getLogger("imgstream.dataplane")
+CLASSIFIERS = ("fast", "balanced", "accurate")
+
+
+def parse_image_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except (ValueError, TypeError, AttributeError):
+        raise BadRequest(f"{raw!r} is not an image id (a UUID)", code="malformed_image_id") from None
+
+
+def consensus(labels: list[str], tie_break: str | None) -> dict:
+    if not labels:
+        return {"label": None, "agreement": 0}
+    (label, votes), *_ = Counter(labels).most_common(1)
+    if votes == 1 and tie_break is not None:
+        label = tie_break
+    return {"label": label, "agreement": votes, "of": len(labels)}
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts else None
+
+
+class DataPlane:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.settings = runtime.settings
+
+    # --- upload --------------------------------------------------------------------------------
+    async def upload(self, body: bytes) -> dict:
+        """Validate, store at raw-images/YYYY/MM/DD/<uuid>.<ext>, produce, and only then answer."""
+        fmt, _, _ = probe(body, self.settings.max_pixels)
+        await self.rt.in_pool(self.rt.decode_pool, decode, body, self.settings.max_pixels)  # truncated/corrupt
+        image_id = uuid.uuid4()
+        now = datetime.now(UTC)
+        key = f"raw-images/{now:%Y/%m/%d}/{image_id}.{EXTENSIONS[fmt]}"
+        sha = hashlib.sha256(body).hexdigest()
+        msg = ImageUploaded(str(image_id), key, sha, len(body), FORMATS[fmt], time.time())
+        await self.rt.store.put(key, body, FORMATS[fmt], sha256=sha)
+        try:
+            await self.rt.send(self.rt.topics.input, sha.encode(), msg.dumps())
+        except ServiceUnavailable:
+            await self.rt.store.delete(key)  # nothing half-written: no event, no object
+            raise
+        try:
+            await asyncio.wait_for(self.rt.db.record_upload(image_id, key, sha, len(body), FORMATS[fmt], now), 2)
+        except Exception as exc:  # noqa: BLE001 - the event is accepted; classifiers create the row too
+            log.warning("upload recorded in Kafka but not yet in PostgreSQL: %s", exc,
+                        extra={"image_id": str(image_id)})
+        UPLOADS.inc()
+        log.info("upload accepted", extra={"image_id": str(image_id), "bytes": len(body)})
+        return {
+            "image_id": str(image_id), "object_key": key, "sha256": sha, "size": len(body),
+            "content_type": FORMATS[fmt], "status": "pending",
+            "links": {"prediction": f"/predictions/{image_id}", "trace": f"/predictions/{image_id}?trace=1"},
+        }
+
+    # --- predictions ---------------------------------------------------------------------------
+    async def prediction(self, raw_id: str, trace: bool = False, model_version: str | None = None) -> dict:
+        image_id = parse_image_id(raw_id)
+        row = await self.rt.db.get_image(image_id)
+        if row is None:
+            raise NotFound(f"no image {image_id}", code="image_not_found")
+        preds = await self.rt.db.get_predictions(image_id, model_version or row["bundle_version"])
+        return self._render(row, preds, trace)
+
+    def _render(self, row, preds, trace: bool) -> dict:
+        by_name = {p["classifier"]: p for p in preds}
+        status = "failed" if row["status"] == "failed" else (
+            "complete" if all(c in by_name for c in CLASSIFIERS) else "pending")
+        out = {
+            "image_id": str(row["image_id"]),
+            "status": status,
+            "object_key": row["object_key"],
+            "sha256": row["sha256"],
+            "uploaded_at": _iso(row["uploaded_at"]),
+            "model_version": row["bundle_version"],
+            "error": row["error"],
+            "predictions": {
+                name: {"label": p["label"], "confidence": round(p["confidence"], 4),
+                       "probabilities": dict(zip(self._labels(), [round(v, 4) for v in p["probabilities"]],
+                                                 strict=False)),
+                       "model_version": p["model_version"], "latency_ms": round(p["latency_ms"], 3),
+                       "created_at": _iso(p["created_at"])}
+                for name, p in sorted(by_name.items())
+            },
+        }
+        acc = by_name.get("accurate")
+        out["consensus"] = consensus([p["label"] for p in by_name.values()], acc["label"] if acc else None)
+        if trace:
+            out["trace"] = self._trace(row, by_name)
+        return out
+
+    def _labels(self) -> list[str]:
+        try:
+            return self.rt.bundle.labels
+        except ModelError:
+            return []
+
+    @staticmethod
+    def _trace(row, by_name) -> list[dict]:
+        up = row["uploaded_at"]
+        events = [("upload_accepted", up), ("extraction_queued", up), ("extraction_started", row["extract_started_at"]),
+                  ("extraction_finished", row["extract_finished_at"])]
+        events += [(f"classifier_{n}_finished", by_name[n]["created_at"]) for n in CLASSIFIERS if n in by_name]
+        out, prev = [], None
+        for name, ts in events:
+            item = {"event": name, "at": _iso(ts)}
+            if ts and up:
+                item["since_upload_ms"] = round((ts - up).total_seconds() * 1000, 2)
+            if ts and prev:
+                item["since_previous_ms"] = round((ts - prev).total_seconds() * 1000, 2)
+            if name == "extraction_finished" and row["extract_cached"] is not None:
+                item["from_descriptor_table"] = bool(row["extract_cached"])
+            out.append(item)
+            prev = ts or prev
+        return out
+
+    async def recent(self, limit: int, offset: int) -> dict:
+        rows = await self.rt.db.recent_images(limit, offset)
+        preds = await self.rt.db.predictions_for([r["image_id"] for r in rows]) if rows else []
+        grouped: dict = {}
+        for p in preds:
+            grouped.setdefault(p["image_id"], []).append(p)
+        items = []
+        for r in rows:
+            mine = [p for p in grouped.get(r["image_id"], []) if p["model_version"] == r["bundle_version"]]
+            items.append(self._render(r, mine, trace=False))
+        return {"items": items, "limit": limit, "offset": offset,
+                "next": f"/predictions?limit={limit}&offset={offset + limit}" if len(rows) == limit else None}
+
+    # --- direct model calls ----------------------------------------------------------------------
+    async def extract(self, body: dict) -> dict:
+        bundle = self.rt.bundle
+        if bundle.extractor is None:
+            raise ServiceUnavailable("this worker does not run the extractor role", code="role_not_served")
+        if not isinstance(body, dict) or not ({"image_id", "object_key"} & body.keys()):
+            raise Unprocessable("send {\"image_id\": ...} or {\"object_key\": ...}", code="invalid_request")
+        if "image_id" in body:
+            image_id = parse_image_id(body["image_id"])
+            row = await self.rt.db.get_image(image_id)
+            if row is None or not row["object_key"]:
+                raise NotFound(f"no image {image_id}", code="image_not_found")
+            key = row["object_key"]
+        else:
+            key = body["object_key"]
+            if not isinstance(key, str) or not key.startswith("raw-images/") or ".." in key:
+                raise Unprocessable("object_key must name an object under raw-images/", code="invalid_object_key")
+        data = await self.rt.store.get(key)
+        started = time.perf_counter()
+        x = await self.rt.in_pool(self.rt.decode_pool, preprocess, data, bundle.extractor.spec, self.settings.max_pixels)
+        desc = await self.rt.in_pool(self.rt.onnx_pool, bundle.descriptors, x[None])
+        return {"object_key": key, "model_version": bundle.version, "k": bundle.k,
+                "descriptors": [float(v) for v in desc[0]],
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    async def predict(self, classifier: str, body: dict) -> dict:
+        if classifier not in CLASSIFIERS:
+            raise Unprocessable(f"unknown classifier {classifier!r}; choose from {', '.join(CLASSIFIERS)}",
+                                code="unknown_classifier")
+        bundle = self.rt.bundle
+        values = body.get("descriptors") if isinstance(body, dict) else None
+        if not isinstance(values, list) or len(values) != bundle.k:
+            raise Unprocessable(f"descriptors must be a list of {bundle.k} numbers", code="invalid_descriptors")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise Unprocessable("descriptors must be finite numbers (no NaN or infinity)", code="invalid_descriptors")
+        import numpy as np
+
+        started = time.perf_counter()
+        p = (await self.rt.in_pool(self.rt.predict_pool, bundle.predict, classifier,
+                                   np.asarray([values], np.float32)))[0]
+        return {"classifier": classifier, "model_version": bundle.version, "label": bundle.labels[int(p.argmax())],
+                "confidence": float(p.max()), "probabilities": dict(zip(bundle.labels, map(float, p), strict=True)),
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    # --- health ----------------------------------------------------------------------------------
+    async def health(self) -> tuple[bool, dict]:
+        async def check(name, coro):
+            try:
+                await asyncio.wait_for(coro, 6)
+                return name, {"ok": True}
+            except ImgstreamError as exc:
+                return name, {"ok": False, "error": exc.message}
+            except Exception as exc:  # noqa: BLE001 - report, do not raise
+                return name, {"ok": False, "error": type(exc).__name__}
+
+        results = dict(await asyncio.gather(
+            check("kafka", broker.ping(self.settings, timeout=5)),
+            check("postgres", self.rt.db.ping()),
+            check("s3", self.rt.store.ping()),
+        ))
+        try:
+            b = self.rt.bundle
+            results["model"] = {"ok": True, "version": b.version, "backbone": b.manifest["backbone"], "k": b.k,
+                                "extractor_loaded": b.extractor is not None}
+        except ModelError as exc:
+            results["model"] = {"ok": False, "error": exc.message}
+        ok = all(v["ok"] for v in results.values())
+        return ok, {"status": "ok" if ok else "degraded", "roles": list(self.settings.roles), "checks": results}

@@ -1,0 +1,84 @@
+"""Builds the one ``faust.App``: topics, the descriptor table, the agents for this worker's roles,
+the HTTP views, and Faust's Prometheus sensor on the project's registry.
+
+Roles (``IMGSTREAM_ROLES`` or ``imgstream worker --role``) choose which agents this process runs;
+a worker running every role uses the consumer group ``<app_id>``, a worker running some roles
+``<app_id>-<roles>``, so each stage scales on its own by partitions and processes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+
+from app.dataplane import DataPlane
+from app.logs import configure_logging
+from app.metrics import REGISTRY
+from app.runtime import Runtime, service_for
+from app.settings import ROLES, Settings, get_settings
+
+
+class ImgstreamApp(faust.App):
+    runtime: Runtime
+    dataplane: DataPlane
+    imgstream_settings: Settings
+
+    def on_webserver_init(self, web) -> None:
+        from app.views import api
+
+        api.setup(web.web_app, self.dataplane, self.imgstream_settings)
+
+
+def group_id(settings: Settings) -> str:
+    roles = settings.roles
+    return settings.app_id if set(roles) == set(ROLES) else f"{settings.app_id}-{'-'.join(sorted(roles))}"
+
+
+def create_app(settings: Settings) -> ImgstreamApp:
+    configure_logging(settings)
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = ImgstreamApp(
+        group_id(settings),
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replicas,
+        topic_allow_declare=True,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_application_options={"client_max_size": settings.max_upload_bytes + (1 << 20)},
+        datadir=str((settings.state_dir / "faust" / group_id(settings)).resolve()),
+        logging_config=None,
+    )
+    app.imgstream_settings = settings
+    app.runtime = Runtime(app, settings)
+    app.dataplane = DataPlane(app.runtime)
+    app.service(service_for(app.runtime))
+
+    from agents import classifiers, dead_letter, extractor
+
+    if "extractor" in settings.roles:
+        from tables import descriptors
+
+        extractor.register(app, app.runtime, descriptors.declare(app, settings))
+    names = [r.split("-", 1)[1] for r in settings.roles if r.startswith("classifier-")]
+    if names:
+        classifiers.register(app, app.runtime, names)
+    if "dead-letter" in settings.roles:
+        dead_letter.register(app, app.runtime)
+    setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="imgstream_faust")
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_app() -> ImgstreamApp:
+    return create_app(get_settings())

@@ -1,0 +1,62 @@
+"""imgstream's Prometheus metrics, in the project's own registry (not the global one).
+
+``/metrics`` serves this registry, which also holds Faust's own sensor metrics (prefix
+``imgstream_faust_``). Every metric is listed in the README's metrics table.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+MESSAGES = Counter(
+    "imgstream_stage_messages_total", "Messages handled per stage and outcome (ok, failed, dead_lettered, retried).",
+    ["stage", "outcome", "model_version"], registry=REGISTRY,
+)
+QUEUE_SECONDS = Histogram(
+    "imgstream_stage_queue_seconds", "Time a message waited in Kafka before its stage started on it.",
+    ["stage"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+COMPUTE_SECONDS = Histogram(
+    "imgstream_stage_compute_seconds", "Compute time per batch: fetch+decode+ONNX+reduce, or predict+write.",
+    ["stage", "model_version"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+PREDICT_SECONDS = Histogram(
+    "imgstream_classifier_predict_seconds", "LightGBM predict time per prediction (batch time / batch size).",
+    ["classifier", "model_version"], buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "imgstream_stage_batch_size", "Micro-batch sizes per stage.", ["stage"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=REGISTRY,
+)
+END_TO_END = Histogram(
+    "imgstream_end_to_end_seconds", "From upload accepted to this classifier's prediction committed.",
+    ["classifier", "model_version"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+CACHE = Counter(
+    "imgstream_descriptor_cache_total", "Descriptor-table lookups by result (hit: extraction skipped).",
+    ["result"], registry=REGISTRY,
+)
+DEAD_LETTERED = Counter(
+    "imgstream_dead_lettered_total", "Messages sent to the dead-letter topic, by stage and reason code.",
+    ["stage", "reason"], registry=REGISTRY,
+)
+REFUSED = Counter(
+    "imgstream_http_refused_total", "HTTP requests refused with a 4xx/5xx, by route and error code.",
+    ["route", "code"], registry=REGISTRY,
+)
+UPLOADS = Counter("imgstream_uploads_total", "Uploads accepted (202).", registry=REGISTRY)
+MESSAGE_BYTES = Histogram(
+    "imgstream_message_bytes", "Serialized message value sizes per topic.", ["topic"],
+    buckets=(64, 100, 128, 160, 200, 256, 512, 1024, 4096, 65536, 1 << 20), registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "imgstream_consumer_lag", "Messages not yet committed by this app's consumer group.",
+    ["topic", "partition"], registry=REGISTRY,
+)
+BUNDLE = Gauge("imgstream_model_bundle_info", "The loaded model bundle (value 1).", ["version", "backbone", "k"],
+               registry=REGISTRY)

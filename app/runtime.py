@@ -1,0 +1,138 @@
+"""Resources with a lifecycle, owned by one service per worker: the S3 client, the asyncpg pool,
+the model bundle and the thread pools that keep CPU work off the event loop.
+
+Nothing is created at import time. The Faust app starts ``RuntimeService`` with the worker;
+agents and views wait on ``Runtime.ready`` and read the bundle through ``Runtime.bundle``, which
+raises ``ModelError`` (503) until one is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+from mode import Service
+
+from app import broker, registry
+from app.errors import ModelError, ServiceUnavailable
+from app.metrics import BUNDLE, CONSUMER_LAG
+from app.settings import Settings
+from app.storage.database import Database
+from app.storage.objectstore import ObjectStore
+from models.bundle import Bundle
+
+log = logging.getLogger("imgstream.runtime")
+
+
+class Topics:
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        kw = {"partitions": settings.topic_partitions, "key_serializer": "raw", "value_serializer": "raw"}
+        self.input = app.topic(settings.input_topic, **kw)
+        self.features = app.topic(settings.features_topic, **kw)
+        self.dead_letter = app.topic(settings.dead_letter_topic, **kw)
+
+
+class Runtime:
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.topics = Topics(app, settings)
+        self.store = ObjectStore(settings)
+        self.db = Database(settings, min_size=0, max_size=10)
+        self.ready = asyncio.Event()
+        self._bundle: Bundle | None = None
+        self.bundle_error = "model bundle not loaded yet"
+        # ONNX runs one batch at a time (it uses every core itself); decoding and LightGBM get their own.
+        self.onnx_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
+        self.decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
+        self.predict_pool = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def needs_extractor(self) -> bool:
+        return "extractor" in self.settings.roles
+
+    @property
+    def bundle(self) -> Bundle:
+        if self._bundle is None:
+            raise ModelError(self.bundle_error)
+        return self._bundle
+
+    async def wait_bundle(self) -> Bundle:
+        while self._bundle is None:
+            await asyncio.sleep(0.5)
+        return self._bundle
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.db.start()
+        self._tasks.append(asyncio.create_task(self._load_bundle_forever(), name="load-bundle"))
+        self._tasks.append(asyncio.create_task(self._lag_forever(), name="consumer-lag"))
+        self.ready.set()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.db.stop()
+        await self.store.stop()
+        for pool in (self.onnx_pool, self.decode_pool, self.predict_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _load_bundle_forever(self) -> None:
+        """Fetch and load the configured bundle; keep retrying while none is published or S3 is down."""
+        delay = 1.0
+        while self._bundle is None:
+            try:
+                path = await registry.fetch(self.store, self.settings.bundle_version, self.settings.bundles_dir)
+                bundle = await asyncio.get_running_loop().run_in_executor(
+                    self.onnx_pool,
+                    lambda: Bundle.load(path, extractor=self.needs_extractor, threads=self.settings.ort_threads),
+                )
+                self._bundle = bundle
+                BUNDLE.labels(bundle.version, bundle.manifest["backbone"], str(bundle.k)).set(1)
+                log.info("loaded model bundle %s (%s, k=%d)", bundle.version, bundle.manifest["backbone"], bundle.k)
+            except Exception as exc:  # noqa: BLE001 - keep trying; health reports why
+                self.bundle_error = exc.message if isinstance(exc, (ModelError, ServiceUnavailable)) else repr(exc)
+                if not isinstance(exc, (ModelError, ServiceUnavailable)):
+                    log.exception("loading the model bundle failed")
+                log.warning("model bundle not loaded: %s (retrying in %.0fs)", exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15)
+
+    async def _lag_forever(self, every: float = 5.0) -> None:
+        topics = [self.settings.input_topic, self.settings.features_topic, self.settings.dead_letter_topic]
+        while True:
+            await asyncio.sleep(every)
+            try:
+                lag = await broker.consumer_lag(self.settings, self.app.conf.id, topics)
+                for (topic, partition), value in lag.items():
+                    CONSUMER_LAG.labels(topic, str(partition)).set(value)
+            except Exception as exc:  # noqa: BLE001 - metrics must never take the worker down
+                log.debug("consumer lag unavailable: %s", exc)
+
+    async def send(self, topic: faust.TopicT, key: bytes, value: bytes, headers=None, timeout: float = 15.0) -> None:
+        """Produce and wait until the broker confirms (acks=all); ServiceUnavailable otherwise."""
+        try:
+            fut = await asyncio.wait_for(topic.send(key=key, value=value, headers=headers), timeout)
+            await asyncio.wait_for(fut, timeout)
+        except Exception as exc:  # noqa: BLE001 - any produce failure means "not confirmed"
+            raise ServiceUnavailable(f"kafka unavailable: {type(exc).__name__}") from exc
+
+    async def in_pool(self, pool: ThreadPoolExecutor, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def service_for(runtime: Runtime) -> type[Service]:
+    class RuntimeService(Service):
+        async def on_start(self) -> None:
+            started = time.monotonic()
+            await runtime.start()
+            log.info("runtime started in %.2fs (roles: %s)", time.monotonic() - started, ",".join(runtime.settings.roles))
+
+        async def on_stop(self) -> None:
+            await runtime.stop()
+
+    return RuntimeService

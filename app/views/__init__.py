@@ -1,0 +1,1 @@
+"""HTTP adapters over ``app.dataplane.DataPlane``, mounted on the Faust worker's aiohttp server."""

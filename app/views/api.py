@@ -1,0 +1,196 @@
+"""Routes, request parsing and the one place where errors become ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+
+from app.dataplane import DataPlane
+from app.errors import (BadRequest, ImgstreamError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+                        UnsupportedMediaType)
+from app.metrics import REFUSED
+from app.settings import Settings
+from app.views.openapi import openapi
+
+log = logging.getLogger("imgstream.http")
+STATIC = Path(__file__).parent / "static"
+DATAPLANE = web.AppKey("dataplane", DataPlane)
+SETTINGS = web.AppKey("settings", Settings)
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp"}
+
+
+def _json(data, status: int = 200, headers=None) -> web.Response:
+    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json",
+                        headers=headers)
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ImgstreamError as exc:
+        REFUSED.labels(_route_name(request), exc.code).inc()
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServiceUnavailable) else None
+        return _json(exc.to_dict(), exc.status, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
+        REFUSED.labels(_route_name(request), code).inc()
+        return _json({"error": {"code": code, "message": exc.reason}}, exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        REFUSED.labels(_route_name(request), "internal_error").inc()
+        return _json({"error": {"code": "internal_error", "message": "internal error"}}, 500)
+
+
+def _authorize(request: web.Request) -> None:
+    token = request.app[SETTINGS].api_token
+    if token is None:
+        return
+    given = request.headers.get("Authorization", "")
+    if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.get_secret_value().encode()):
+        raise Unauthorized("this endpoint needs `Authorization: Bearer <token>`")
+
+
+async def _read_stream(content, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _upload_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit + (1 << 16):
+        raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes", code="body_too_large")
+    ctype = request.content_type
+    if ctype.startswith("multipart/"):
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if part.name == "file":
+                    chunks, size = [], 0
+                    while chunk := await part.read_chunk(1 << 16):
+                        size += len(chunk)
+                        if size > limit:
+                            raise PayloadTooLarge(f"file is larger than the limit of {limit} bytes",
+                                                  code="body_too_large")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+        except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on broken input
+            raise BadRequest(f"malformed multipart body: {exc}", code="malformed_multipart") from exc
+        raise BadRequest("multipart upload needs a part named 'file'", code="missing_file")
+    if ctype in IMAGE_TYPES or ctype == "application/octet-stream":
+        return await _read_stream(request.content, limit)
+    raise UnsupportedMediaType(f"send multipart/form-data with a 'file' part, or a raw body of type "
+                               f"{', '.join(sorted(IMAGE_TYPES))} (got {ctype or 'none'})")
+
+
+async def _json_body(request: web.Request) -> dict:
+    raw = await _read_stream(request.content, 1 << 20)
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the JSON body must be an object", code="malformed_json")
+    return body
+
+
+# --- handlers ----------------------------------------------------------------------------------
+async def upload(request: web.Request) -> web.Response:
+    _authorize(request)
+    body = await _upload_body(request, request.app[SETTINGS].max_upload_bytes)
+    result = await request.app[DATAPLANE].upload(body)
+    return _json(result, 202, {"Location": result["links"]["prediction"]})
+
+
+async def prediction(request: web.Request) -> web.Response:
+    trace = request.query.get("trace", "0").lower() in ("1", "true", "yes")
+    version = request.query.get("model_version") or None
+    return _json(await request.app[DATAPLANE].prediction(request.match_info["image_id"], trace, version))
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer", code="invalid_parameter") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}", code="invalid_parameter")
+    return value
+
+
+async def predictions(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 20, 1, 200)
+    offset = _int_param(request, "offset", 0, 0, 10_000_000)
+    return _json(await request.app[DATAPLANE].recent(limit, offset))
+
+
+async def extract(request: web.Request) -> web.Response:
+    _authorize(request)
+    return _json(await request.app[DATAPLANE].extract(await _json_body(request)))
+
+
+async def predict(request: web.Request) -> web.Response:
+    _authorize(request)
+    return _json(await request.app[DATAPLANE].predict(request.match_info["classifier"], await _json_body(request)))
+
+
+async def health(request: web.Request) -> web.Response:
+    ok, body = await request.app[DATAPLANE].health()
+    return _json(body, 200 if ok else 503)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return _json(openapi(request.app[SETTINGS]))
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    return web.FileResponse(STATIC / "dashboard.html")
+
+
+async def image(request: web.Request) -> web.Response:
+    """The stored image bytes (for dashboard thumbnails)."""
+    dp = request.app[DATAPLANE]
+    from app.dataplane import parse_image_id
+
+    row = await dp.rt.db.get_image(parse_image_id(request.match_info["image_id"]))
+    if row is None or not row["object_key"]:
+        from app.errors import NotFound
+
+        raise NotFound("no such image", code="image_not_found")
+    data = await dp.rt.store.get(row["object_key"])
+    return web.Response(body=data, content_type=row["content_type"] or "application/octet-stream",
+                        headers={"Cache-Control": "max-age=86400"})
+
+
+def setup(app: web.Application, dataplane: DataPlane, settings: Settings) -> None:
+    app[DATAPLANE] = dataplane
+    app[SETTINGS] = settings
+    app.middlewares.append(errors)
+    r = app.router
+    r.add_post("/upload", upload)
+    r.add_get("/predictions", predictions)
+    r.add_get("/predictions/{image_id}", prediction)
+    r.add_get("/images/{image_id}", image)
+    r.add_post("/extract", extract)
+    r.add_post("/predict/{classifier}", predict)
+    r.add_get("/health", health)
+    r.add_get("/openapi.json", openapi_json)
+    r.add_get("/dashboard", dashboard)

@@ -1,0 +1,79 @@
+"""A versioned model bundle on disk: ``backbone.onnx``, ``reducer.npz``, one LightGBM text file
+per classifier, and ``manifest.json`` (version, backbone, k, data hash, metrics).
+
+``Bundle`` is the whole inference path for one image batch: bytes -> preprocess -> ONNX -> reduce
+(``descriptors``) and descriptors -> calibrated probabilities (``predict``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import ModelError
+from models.classifier import Classifier
+from models.extractor import FeatureExtractor
+from models.reduction import Reducer
+
+FILES = ("manifest.json", "backbone.onnx", "reducer.npz", "fast.txt", "balanced.txt", "accurate.txt")
+CLASSIFIER_NAMES = ("fast", "balanced", "accurate")
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    reducer: Reducer
+    classifiers: dict[str, Classifier]
+    extractor: FeatureExtractor | None = field(default=None, repr=False)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest["labels"]
+
+    @property
+    def k(self) -> int:
+        return self.reducer.k
+
+    @classmethod
+    def load(cls, path: Path, *, extractor: bool = True, threads: int = 0, providers: list[str] | None = None) -> Bundle:
+        path = Path(path)
+        missing = [f for f in FILES if not (path / f).exists() and (extractor or f != "backbone.onnx")]
+        if missing:
+            raise ModelError(f"bundle {path} is incomplete: missing {', '.join(missing)}")
+        manifest = json.loads((path / "manifest.json").read_text())
+        clfs = {
+            name: Classifier.load(path, name, manifest["classifiers"][name]["temperature"], manifest["labels"])
+            for name in CLASSIFIER_NAMES
+        }
+        ext = FeatureExtractor(path / "backbone.onnx", manifest["backbone"], threads, providers) if extractor else None
+        reducer = Reducer.load(path / "reducer.npz")
+        if reducer.k != manifest["k"]:
+            raise ModelError(f"bundle {path}: reducer has k={reducer.k}, manifest says {manifest['k']}")
+        return cls(path, manifest, reducer, clfs, ext)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        if self.extractor is None:
+            raise ModelError("bundle loaded without its backbone")
+        return self.extractor.run(batch)
+
+    def descriptors(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed (N, 3, S, S) batch -> (N, k) float32 descriptors."""
+        return self.reducer.transform(self.features(batch))
+
+    def predict(self, classifier: str, descriptors: np.ndarray) -> np.ndarray:
+        """(N, k) -> (N, classes) calibrated probabilities."""
+        if classifier not in self.classifiers:
+            raise KeyError(classifier)
+        return self.classifiers[classifier].predict_proba(descriptors)
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -1,0 +1,29 @@
+"""The ONNX backbone: a batch of preprocessed images -> pooled features, in one ORT call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from models.backbones import BACKBONES, BackboneSpec
+from models.preprocess import preprocess
+
+
+class FeatureExtractor:
+    def __init__(self, onnx_path: Path, backbone: str, threads: int = 0, providers: list[str] | None = None) -> None:
+        self.spec: BackboneSpec = BACKBONES[backbone]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 -> (N, F) float32."""
+        return self.session.run(None, {self.input: np.ascontiguousarray(batch, np.float32)})[0]
+
+    def from_bytes(self, images: list[bytes], max_pixels: int = 40_000_000) -> np.ndarray:
+        return self.run(np.stack([preprocess(b, self.spec, max_pixels) for b in images]))
