@@ -46,6 +46,34 @@ def stack_status(services: list[str] = typer.Argument(None)) -> None:
     raise typer.Exit(0 if all(h == "healthy" for *_, h in rows) else 1)
 
 
+@cli.command("init")
+def init() -> None:
+    """Create topics, bucket and schema on already-running services (Docker hosts, managed services)."""
+    import asyncio
+
+    import asyncpg
+
+    from app import broker
+    from app.storage.database import migrate
+    from app.storage.objectstore import ObjectStore
+
+    settings = get_settings()
+
+    async def go() -> None:
+        for topic, state in (await broker.ensure_topics(settings)).items():
+            console.print(f"topic {topic}: {state}")
+        async with ObjectStore(settings) as store:
+            await store.ensure_bucket()
+        console.print(f"bucket {settings.s3_bucket}: ready")
+        conn = await asyncpg.connect(settings.postgres_dsn.get_secret_value())
+        try:
+            console.print(f"migrations applied: {await migrate(conn) or 'none needed'}")
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
 models_cli = typer.Typer(no_args_is_help=True, help="Export, train, evaluate and publish model bundles.")
 cli.add_typer(models_cli, name="models")
 DEFAULT_DATA = Path("../shared/datasets/cifar10/train.tar.gz")

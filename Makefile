@@ -1,0 +1,42 @@
+# The two commands a newcomer needs (see README.md):
+#   make run    set up, start Kafka + PostgreSQL + S3, train/publish a model if none, run the worker
+#   make test   set up, start the services, make a quick model, run every test
+SHELL := /bin/bash
+VENV := .venv/bin
+export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
+DATA ?= ../shared/datasets/cifar10/train.tar.gz
+PYTEST_ARGS ?=
+
+.PHONY: setup up down run test test-unit bench bundle quick-bundle
+
+setup:
+	./scripts/bootstrap.sh
+
+up: setup
+	imgstream stack up
+
+down:
+	imgstream stack down
+
+# A full model (all 50,000 images, ~10 min on 2 cores) unless one is already published.
+bundle: up
+	@imgstream models list 2>/dev/null | grep -q eff || imgstream models train --data $(DATA) --docs docs/MODELS.md
+
+# Tests use their own bucket, so their quick model never becomes the "latest" of `make run`.
+TEST_ENV := IMGSTREAM_S3_BUCKET=imgstream-test IMGSTREAM_TEST_DATA=$(DATA)
+
+# A quick model for tests (300 images per class, no k sweep), published to the test bucket.
+quick-bundle: up
+	$(TEST_ENV) imgstream models train --data $(DATA) --limit-per-class 300 --no-sweep
+
+run: bundle
+	imgstream worker
+
+test: up quick-bundle
+	$(TEST_ENV) $(VENV)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: setup
+	$(VENV)/python -m pytest -ra -m "not integration and not e2e and not chaos and not browser" $(PYTEST_ARGS)
+
+bench: up
+	imgstream bench

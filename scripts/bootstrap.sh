@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what imgstream needs on a fresh Debian machine, idempotently:
+#   system packages (JDK, Maven, PostgreSQL, Chromium for the dashboard test) when missing,
+#   the Python virtualenv .venv with imgstream and its test extra.
+# Big downloads are cached outside the clone (~/.cache/imgstream, ~/.m2, ~/.cache/pip), but
+# nothing here depends on a cache being present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+if [[ "${IMGSTREAM_BROWSER_TESTS:-1}" == 1 ]]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+fi
+if ((${#need_apt[@]})); then
+  echo "bootstrap: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! command -v go >/dev/null && [[ ! -x /usr/local/go/bin/go ]]; then
+  echo "bootstrap: Go >= 1.24 is needed to build versitygw (go install); install it from go.dev" >&2
+  exit 1
+fi
+export PATH="$PATH:/usr/local/go/bin"
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.imgstream-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "bootstrap: installing imgstream into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi

@@ -1,0 +1,104 @@
+"""The real services that `imgstream stack up` starts: Kafka (KRaft), PostgreSQL, S3 (versitygw)."""
+
+import asyncio
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app import broker
+from app.storage.objectstore import ObjectStore
+
+pytestmark = pytest.mark.integration
+
+
+async def test_kafka_produce_consume_round_trip(stack, unique):
+    topic = f"test-roundtrip-{unique}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 2, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    sent = [f"m{i}".encode() for i in range(20)]
+    for i, v in enumerate(sent):
+        await producer.send_and_wait(topic, v, key=str(i).encode())
+    await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest",
+                                group_id=f"g-{unique}")
+    await consumer.start()
+    got = []
+    try:
+        async with asyncio.timeout(20):
+            while len(got) < len(sent):
+                batch = await consumer.getmany(timeout_ms=1000)
+                got += [m.value for msgs in batch.values() for m in msgs]
+    finally:
+        await consumer.stop()
+    assert sorted(got) == sorted(sent)
+
+
+async def test_project_topics_exist_with_configured_partitions(stack):
+    await broker.ensure_topics(stack)
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([stack.input_topic, stack.features_topic, stack.dead_letter_topic])
+    finally:
+        await admin.close()
+    assert {t["topic"]: len(t["partitions"]) for t in described} == {
+        stack.input_topic: stack.topic_partitions, stack.features_topic: stack.topic_partitions,
+        stack.dead_letter_topic: stack.topic_partitions}
+
+
+async def test_s3_put_get_delete(stack):
+    key = f"test/{uuid.uuid4()}.bin"
+    async with ObjectStore(stack) as store:
+        await store.ensure_bucket()
+        await store.put(key, b"\x00hello\xff")
+        assert await store.get(key) == b"\x00hello\xff"
+        await store.delete(key)
+        from app.errors import NotFound
+        with pytest.raises(NotFound):
+            await store.get(key)
+
+
+async def test_postgres_query_and_schema(stack):
+    conn = await asyncpg.connect(stack.postgres_dsn.get_secret_value())
+    try:
+        assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+        assert {"images", "predictions", "schema_migrations"} <= tables
+    finally:
+        await conn.close()
+
+
+def test_stack_status_reports_every_service_healthy(stack):
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "stack", "status"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("postgres", "s3", "kafka"):
+        assert name in proc.stdout
+    assert proc.stdout.count("healthy") == 3
+
+
+def test_stack_up_is_idempotent(stack):
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "stack", "up"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("already running") == 3
+
+
+def test_docker_compose_file_is_valid():
+    import shutil
+
+    from tests.conftest import REPO
+    if shutil.which("docker") is None:
+        pytest.skip("no docker client on this machine")
+    proc = subprocess.run(["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
+                          capture_output=True, text=True)
+    if "is not a docker command" in proc.stderr or "unknown command" in proc.stderr:
+        pytest.skip("docker client without the compose plugin")
+    assert proc.returncode == 0, proc.stderr
