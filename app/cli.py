@@ -46,6 +46,14 @@ def stack_status(services: list[str] = typer.Argument(None)) -> None:
     raise typer.Exit(0 if all(h == "healthy" for *_, h in rows) else 1)
 
 
+@cli.command("docs")
+def docs() -> None:
+    """Regenerate the README's settings and metrics tables."""
+    from app import docs as generated
+
+    console.print("README.md updated" if generated.update() else "README.md already up to date")
+
+
 @cli.command("init")
 def init() -> None:
     """Create topics, bucket and schema on already-running services (Docker hosts, managed services)."""

@@ -1,0 +1,7 @@
+from app import docs
+
+
+def test_readme_tables_are_generated_and_current():
+    text = docs.README.read_text()
+    assert docs.render(text) == text, "run `imgstream docs` to regenerate the README tables"
+    assert "IMGSTREAM_KAFKA_BOOTSTRAP" in text and "imgstream_end_to_end_seconds" in text
