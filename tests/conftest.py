@@ -68,3 +68,17 @@ def sample_images(dataset: Path) -> list[tuple[str, bytes]]:
 
 def run(coro):
     return asyncio.get_event_loop_policy().new_event_loop().run_until_complete(coro)
+
+
+@pytest.fixture(scope="session")
+def pipeline(stack, tmp_path_factory):
+    """One worker running every role on private topics, shared by the end-to-end tests."""
+    from tests.workers import Worker, isolated_env
+
+    env = isolated_env(uuid.uuid4().hex[:8])
+    worker = Worker(env, log_dir=tmp_path_factory.mktemp("logs")).start()
+    try:
+        worker.wait_healthy()
+        yield worker, env
+    finally:
+        worker.stop()

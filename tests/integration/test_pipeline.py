@@ -16,21 +16,8 @@ from aiokafka import AIOKafkaProducer
 from app.client import upload_bytes, wait_complete
 from app.messages import ImageUploaded
 from app.storage.objectstore import ObjectStore
-from tests.workers import Worker, isolated_env
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def pipeline(stack, tmp_path_factory):
-    unique = uuid.uuid4().hex[:8]
-    env = isolated_env(unique)
-    worker = Worker(env, log_dir=tmp_path_factory.mktemp("logs")).start()
-    try:
-        worker.wait_healthy()
-        yield worker, env
-    finally:
-        worker.stop()
 
 
 async def _rows_per_image(dsn: str, ids: list[str]) -> dict[str, int]:
