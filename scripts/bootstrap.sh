@@ -26,6 +26,19 @@ if ! command -v go >/dev/null && [[ ! -x /usr/local/go/bin/go ]]; then
 fi
 export PATH="$PATH:/usr/local/go/bin"
 
+# `docker compose config` checks docker-compose.yml; where the docker client lacks the compose
+# plugin, build it from the Go module proxy once (cached).
+if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1; then
+  plugin="$HOME/.cache/imgstream/bin/docker-compose"
+  if [[ ! -x $plugin ]]; then
+    echo "bootstrap: building the docker compose plugin (go install, ~3 min, cached)"
+    tmp=$(mktemp -d)
+    GOBIN="$tmp" go install github.com/docker/compose/v2/cmd@v2.32.4
+    mkdir -p "$(dirname "$plugin")" && mv "$tmp/cmd" "$plugin" && rm -rf "$tmp"
+  fi
+  mkdir -p "$HOME/.docker/cli-plugins" && ln -sf "$plugin" "$HOME/.docker/cli-plugins/docker-compose"
+fi
+
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
