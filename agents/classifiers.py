@@ -8,6 +8,7 @@ retries the batch and Kafka holds the backlog: nothing accepted is lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -29,13 +30,10 @@ def _dt(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-async def process_batch(runtime: Runtime, name: str, events: list, model_version: str | None = None) -> int:
-    """Classify one micro-batch with classifier ``name``; returns rows inserted.
-
-    ``model_version`` tags the rows (``imgstream replay`` passes the replayed bundle's version).
-    """
+async def process_batch(runtime: Runtime, name: str, events: list) -> int:
+    """Classify one micro-batch with classifier ``name``; returns rows inserted."""
     bundle = runtime.bundle
-    version = model_version or bundle.version
+    version = bundle.version
     stage = f"classifier-{name}"
     now = time.time()
     BATCH_SIZE.labels(stage).observe(len(events))
@@ -60,17 +58,7 @@ async def process_batch(runtime: Runtime, name: str, events: list, model_version
         return 0
 
     started = time.perf_counter()
-    x = np.stack(rows)
-    probs = await runtime.in_pool(runtime.predict_pool, bundle.predict, name, x)
-    predict_s = time.perf_counter() - started
-    PREDICT_SECONDS.labels(name, version).observe(predict_s / len(ids))
-    latency_ms = 1000 * predict_s / len(ids)
-    labels = bundle.labels
-    predictions = [
-        PredictionRow(image_id, name, version, labels[int(p.argmax())], float(p.max()),
-                      [float(v) for v in p], latency_ms)
-        for image_id, p in zip(ids, probs, strict=True)
-    ]
+    predictions = await predict_rows(bundle, runtime.predict_pool, name, ids, np.stack(rows))
     progress = [
         ImageProgress(image_id, _dt(t.uploaded_at), _dt(t.extract_started_at), _dt(t.extract_finished_at), t.cached,
                       t.bundle_version)
@@ -86,6 +74,22 @@ async def process_batch(runtime: Runtime, name: str, events: list, model_version
         END_TO_END.labels(name, version).observe(max(0.0, done - t.uploaded_at))
     MESSAGES.labels(stage, "ok", version).inc(len(ids))
     return inserted
+
+
+async def predict_rows(bundle, pool, name: str, ids: list, x: np.ndarray) -> list[PredictionRow]:
+    """One LightGBM call (off the event loop) for a batch -> rows tagged with the bundle's version.
+    Shared by the classifier agents and ``imgstream replay``."""
+    version = bundle.version
+    started = time.perf_counter()
+    probs = await asyncio.get_running_loop().run_in_executor(pool, bundle.predict, name, x)
+    predict_s = time.perf_counter() - started
+    PREDICT_SECONDS.labels(name, version).observe(predict_s / len(ids))
+    latency_ms = 1000 * predict_s / len(ids)
+    return [
+        PredictionRow(image_id, name, version, bundle.labels[int(p.argmax())], float(p.max()),
+                      [float(v) for v in p], latency_ms)
+        for image_id, p in zip(ids, probs, strict=True)
+    ]
 
 
 def register(app: faust.App, runtime: Runtime, names: list[str]) -> None:

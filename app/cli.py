@@ -14,7 +14,7 @@ from app.settings import get_settings
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_cli = typer.Typer(no_args_is_help=True, help="The local Kafka, PostgreSQL and S3 services.")
 cli.add_typer(stack_cli, name="stack")
-console = Console()
+console = Console(width=None if Console().is_terminal else 160)
 
 
 @stack_cli.command("up")
@@ -145,6 +145,8 @@ def models_train(
     sweep: bool = typer.Option(True, help="also measure k = 10/20/50 for pca and lda+pca"),
     publish: bool = typer.Option(True, help="publish the bundle to the object store"),
     docs: Path = typer.Option(None, help="write this markdown report (e.g. docs/MODELS.md)"),
+    reducer_from: str = typer.Option(None, help="reuse this bundle's backbone and reduction (same descriptors, "
+                                                "so `imgstream replay` can re-classify history with the new one)"),
 ) -> None:
     """Train fast/balanced/accurate LightGBM classifiers on descriptors and write a versioned bundle."""
     import json
@@ -153,14 +155,26 @@ def models_train(
     from models.report import models_markdown
 
     settings = get_settings()
+    reducer = None
+    if reducer_from:
+        from models.bundle import Bundle
+        from models.reduction import Reducer
+
+        parent = _bundle_path(reducer_from)
+        meta = Bundle.load(parent, extractor=False).manifest
+        backbone, onnx, k, reducer = meta["backbone"], parent / "backbone.onnx", meta["k"], Reducer.load(
+            parent / "reducer.npz")
     onnx = onnx or _onnx_path(backbone)
     if not onnx.exists():
         models_export(backbone=backbone, weights=None, random_init=False, out=onnx)
-    info_path = onnx.with_suffix(".json")
-    info = json.loads(info_path.read_text()) if info_path.exists() else {"backbone": backbone}
+    if reducer_from:
+        info = meta["onnx"]
+    else:
+        info_path = onnx.with_suffix(".json")
+        info = json.loads(info_path.read_text()) if info_path.exists() else {"backbone": backbone}
     cfg = training.TrainConfig(source=data, onnx=onnx, onnx_info=info, backbone=backbone, k=k, reduction=reduction,
                                limit_per_class=limit_per_class, cache_dir=settings.cache_dir, sweep=sweep,
-                               threads=settings.ort_threads)
+                               threads=settings.ort_threads, reducer=reducer, reducer_from=reducer_from)
     with _progress() as progress:
         path, manifest = training.train(cfg, settings.bundles_dir, _task_factory(progress, "features"),
                                         log=console.print)
@@ -238,11 +252,14 @@ def models_list() -> None:
         async with ObjectStore(get_settings()) as store:
             return await registry.versions(store)
 
-    table = Table("version", "backbone", "k", "reduction", "images", "fast", "balanced", "accurate", "ceiling")
+    table = Table("version", "backbone", "k", "reduction", "images", "fast", "balanced", "accurate", "ceiling",
+                  "descriptor space")
+    table.columns[0].no_wrap = True
     for m in asyncio.run(go()):
         c = m["classifiers"]
         table.add_row(m["version"], m["backbone"], str(m["k"]), m["reduction"], str(m["data"]["images"]),
-                      *(f"{c[n]['top1']:.3f}" for n in ("fast", "balanced", "accurate")), f"{m['ceiling']['top1']:.3f}")
+                      *(f"{c[n]['top1']:.3f}" for n in ("fast", "balanced", "accurate")), f"{m['ceiling']['top1']:.3f}",
+                      m.get("descriptor_space") or "-")
     console.print(table)
 
 
@@ -325,6 +342,43 @@ def predictions(
     status, body = asyncio.run(go())
     print(json.dumps(body, indent=2))
     raise typer.Exit(0 if status == 200 else 1)
+
+
+@cli.command("replay")
+def replay(
+    model_version: str = typer.Option(..., help="bundle version to re-classify with (same descriptor space)"),
+    classifier: list[str] = typer.Option(None, help="classifiers to run (default: all three)"),
+) -> None:
+    """Re-classify the history of image-features-stream with another bundle: new rows tagged with
+    its version, no re-extraction, old rows untouched, under its own consumer group."""
+    import asyncio
+
+    from app import replay as replaying
+
+    with _progress() as progress:
+        result = asyncio.run(replaying.replay(get_settings(), model_version, classifier or None,
+                                              _task_factory(progress, "replay"), log=console.print))
+    console.print_json(data=result)
+
+
+@cli.command("bench")
+def bench(
+    quick: bool = typer.Option(False, help="a short run (< 2 min) that proves the benchmark works"),
+    data: Path = typer.Option(DEFAULT_DATA, help="labelled images to send (archive or folder)"),
+    out: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="markdown report; the PNG and JSON go beside it"),
+) -> None:
+    """Measure imgstream against the hardware limit, the original design and a plain HTTP service."""
+    import asyncio
+
+    from app.bench import report, runner
+
+    result = asyncio.run(runner.Bench(get_settings(), quick, data, out, log=console.print).run())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_suffix(".png")
+    report.plot(result, png)
+    runner.save_json(result, out.with_suffix(".json"))
+    out.write_text(report.markdown(result, png.name))
+    console.print(f"wrote {out}, {png.name} and {out.with_suffix('.json').name}")
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ import numpy as np
 CAPACITY = {
     "fast": {"num_leaves": 15, "learning_rate": 0.15, "num_boost_round": 120, "min_data_in_leaf": 40},
     "balanced": {"num_leaves": 31, "learning_rate": 0.08, "num_boost_round": 300, "min_data_in_leaf": 30},
-    "accurate": {"num_leaves": 63, "learning_rate": 0.04, "num_boost_round": 900, "min_data_in_leaf": 20},
+    # More, smaller steps won on the held-out split over 63/127 leaves (measured 0.813 vs 0.810).
+    "accurate": {"num_leaves": 31, "learning_rate": 0.02, "num_boost_round": 3000, "min_data_in_leaf": 50},
 }
 
 

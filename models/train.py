@@ -5,6 +5,7 @@ and a k sweep. Called by ``imgstream models train``; everything here is CPU math
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shutil
@@ -41,6 +42,8 @@ class TrainConfig:
     cache_dir: Path = Path("var/cache")
     sweep: bool = True
     threads: int = 0
+    reducer: reduction.Reducer | None = None  # reuse (same descriptor space) instead of fitting
+    reducer_from: str | None = None
 
 
 def extract(source: Path, samples: list[data.Sample], extractor: FeatureExtractor, batch: int = 64,
@@ -96,7 +99,7 @@ def cached_features(cfg: TrainConfig, samples: list[data.Sample], digest: str,
     return x, False
 
 
-def ceiling(x_fit, y_fit, x_cal, y_cal, x_val, y_val, grid=(0.01, 0.1, 1.0)) -> dict:
+def ceiling(x_fit, y_fit, x_cal, y_cal, x_val, y_val, grid=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.1)) -> dict:
     """Multinomial logistic regression on the full, un-reduced features; C tuned on (x_cal, y_cal)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -131,7 +134,7 @@ def train(cfg: TrainConfig, out_root: Path, progress=None, log=print) -> tuple[P
     x_fit, y_fit, x_cal, y_cal, x_val, y_val = x[fit_idx], y[fit_idx], x[cal_idx], y[cal_idx], x[val], y[val]
     log(f"split: fit {len(fit_idx)}, calibration {len(cal_idx)}, held-out validation {len(val)}")
 
-    red = reduction.fit(x_fit, y_fit, cfg.k, cfg.reduction, cfg.seed)
+    red = cfg.reducer or reduction.fit(x_fit, y_fit, cfg.k, cfg.reduction, cfg.seed)
     d_fit, d_cal, d_val = red.transform(x_fit), red.transform(x_cal), red.transform(x_val)
     classifiers, report = {}, {}
     for name in CLASSIFIER_NAMES:
@@ -172,13 +175,18 @@ def train(cfg: TrainConfig, out_root: Path, progress=None, log=print) -> tuple[P
     path.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cfg.onnx, path / "backbone.onnx")
     red.save(path / "reducer.npz")
+    space = hashlib.sha256(hashlib.sha256((path / "backbone.onnx").read_bytes()).digest()
+                           + (path / "reducer.npz").read_bytes()).hexdigest()[:16]
     manifest = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat(),
         "backbone": cfg.backbone,
         "onnx": cfg.onnx_info,
-        "k": cfg.k,
-        "reduction": cfg.reduction,
+        "k": red.k,
+        "reduction": red.method,
+        # Bundles with the same descriptor space read each other's descriptors (imgstream replay).
+        "descriptor_space": space,
+        "reducer_from": cfg.reducer_from,
         "labels": labels,
         "data": {"source": Path(cfg.source).name, "hash": digest, "images": len(samples),
                  "limit_per_class": cfg.limit_per_class, "fit": len(fit_idx), "calibration": len(cal_idx),

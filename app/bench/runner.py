@@ -1,0 +1,400 @@
+"""The benchmark: every number side by side in one run, written to docs/BENCHMARKS.md + a PNG.
+
+Phases (each on its own Kafka topics and consumer groups, each on images no earlier phase used,
+so the descriptor table never short-cuts an extraction):
+
+1. the limit — bare onnxruntime: decode + preprocess + inference, same batch size and threads;
+2. imgstream at saturation (closed loop) as a ratio of the limit;
+3. open-loop latency at 10 %, 50 % and 80 % of that saturation, end to end and per stage;
+4. message sizes and classifier cost per prediction inside the pipeline;
+5. peers: a plain synchronous HTTP service, and the original "before" design (full images
+   through Kafka, a backbone per classifier);
+6. scaling: 1 vs 2 worker processes on 4 partitions; 7. peak RSS per worker role;
+8. ResNet50 with random weights (speed only); 9. GPU, where one is lent (here: none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app import registry
+from app.bench import load
+from app.messages import ImageUploaded
+from app.settings import Settings
+from app.storage.objectstore import ObjectStore
+from models import data as datasets
+from models.bundle import Bundle
+from models.preprocess import preprocess
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    libs = {}
+    for lib in ("onnxruntime", "lightgbm", "faust-streaming", "aiokafka", "numpy", "pillow", "asyncpg", "aiohttp"):
+        try:
+            libs[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            libs[lib] = "-"
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "libs": libs}
+
+
+class Images:
+    """Distinct CIFAR-10 JPEGs handed out phase by phase (never the same bytes twice)."""
+
+    def __init__(self, source: Path, count: int) -> None:
+        samples = datasets.limit_per_class(datasets.list_samples(source), count // 10 + 1, seed=11)
+        seen, self.items = set(), []
+        for _, b in datasets.read_samples(source, samples):
+            if b not in seen:
+                seen.add(b)
+                self.items.append(b)
+        self.pos = 0
+
+    def take(self, n: int) -> list[bytes]:
+        if self.pos + n > len(self.items):
+            raise RuntimeError(f"benchmark ran out of distinct images ({len(self.items)})")
+        out = self.items[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+
+class Proc:
+    """A worker or peer process on private topics; killed at the end of its phase."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.p = subprocess.Popen(argv, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
+                                  stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, 15)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, 9)
+
+
+async def wait_http(url: str, timeout: float = 120, proc: Proc | None = None) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.p.poll() is not None:
+                raise RuntimeError(f"process exited; see {proc.log}")
+            try:
+                async with s.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status in (200, 405):
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+class Bench:
+    def __init__(self, settings: Settings, quick: bool, source: Path, out: Path, log=print) -> None:
+        self.settings, self.quick, self.source, self.out, self.log = settings, quick, source, out, log
+        self.run_id = uuid.uuid4().hex[:6]
+        self.logs = settings.state_dir / "bench" / self.run_id
+        self.procs: list[Proc] = []
+        self.result: dict = {"quick": quick, "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.dsn = settings.postgres_dsn.get_secret_value()
+        self.n = 160 if quick else 600
+
+    # --- processes ------------------------------------------------------------------------------
+    def env(self, tag: str, **extra: str) -> dict[str, str]:
+        u = f"bench-{self.run_id}-{tag}"
+        return {"IMGSTREAM_APP_ID": u, "IMGSTREAM_INPUT_TOPIC": f"{u}-images-input-stream",
+                "IMGSTREAM_FEATURES_TOPIC": f"{u}-image-features-stream",
+                "IMGSTREAM_DEAD_LETTER_TOPIC": f"{u}-images-dead-letter", **extra}
+
+    def spawn(self, argv: list[str], env: dict[str, str], name: str) -> Proc:
+        p = Proc(argv, env, self.logs / f"{name}.log")
+        self.procs.append(p)
+        return p
+
+    async def worker(self, env: dict[str, str], name: str, roles: str | None = None) -> tuple[Proc, str]:
+        port = _free_port()
+        extra = {"IMGSTREAM_WEB_PORT": str(port), **({"IMGSTREAM_ROLES": roles} if roles else {})}
+        p = self.spawn([sys.executable, "-m", "app.cli", "worker", "-l", "warn"], {**env, **extra}, name)
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(f"{url}/health", proc=p)
+        return p, url
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            p.stop()
+        self.procs.clear()
+
+    # --- phases ---------------------------------------------------------------------------------
+    def limit(self, bundle: Bundle, images: list[bytes], batch: int) -> dict:
+        """Bare onnxruntime: decode + preprocess + inference, the extractor's batch size and threads."""
+        spec = bundle.extractor.spec
+
+        def once() -> float:
+            t = time.perf_counter()
+            for i in range(0, len(images), batch):
+                bundle.descriptors(np.stack([preprocess(b, spec) for b in images[i:i + batch]]))
+            return len(images) / (time.perf_counter() - t)
+
+        once()  # warm-up
+        rate = max(once(), once())
+        single = []
+        for b in images[:50]:
+            t = time.perf_counter()
+            bundle.descriptors(preprocess(b, spec)[None])
+            single.append(time.perf_counter() - t)
+        return {"images_per_s": rate, "batch": batch, "single_image_p50_ms": 1000 * load.pct(single, 50)}
+
+    async def saturate(self, url: str, images: list[bytes], concurrency: int = 32) -> dict:
+        t = time.perf_counter()
+        res = await load.closed_loop(f"{url}/upload", images, concurrency)
+        await load.wait_rows(self.dsn, res.ids, 3, timeout=300)
+        seconds = time.perf_counter() - t
+        return {"images": res.accepted, "seconds": seconds, "images_per_s": res.accepted / seconds, "ids": res.ids,
+                "responses": res.responses}
+
+    async def open_loop(self, url: str, images: list[bytes], rate: float, duration: float) -> dict:
+        res = await load.open_loop(f"{url}/upload", images, rate, duration)
+        await load.wait_rows(self.dsn, res.ids, 3, timeout=300)
+        st = await load.stage_latencies(self.dsn, res.ids)
+        return {"rate": rate, "sent": res.sent, "accepted": res.accepted,
+                **{f"{k}_{q}_ms": 1000 * load.pct(v, q) for k, v in st.items() for q in (50, 95, 99)},
+                "upload_http_p50_ms": 1000 * load.pct(res.client_latency_s, 50)}
+
+    async def pipeline(self, tag: str, bundle_env: dict[str, str], images: Images, levels: bool = True) -> dict:
+        env = self.env(tag, **bundle_env)
+        proc, url = await self.worker(env, f"{tag}-worker")
+        await self.saturate(url, images.take(32))  # warm-up: JIT, connections, batch shapes
+        sat = await self.saturate(url, images.take(self.n))
+        out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": []}
+        rows = await _pipeline_rows(self.dsn, sat["ids"])
+        out["classifier_p99_ms"] = {c: load.pct(v, 99) for c, v in rows.items()}
+        out["input_message_bytes"] = float(np.mean([len(ImageUploaded(r["image_id"], r["object_key"], r["sha256"],
+                                                                      r["size"], r["content_type"], time.time()).dumps())
+                                                    for r in sat["responses"]]))
+        if levels:
+            duration = 6.0 if self.quick else 20.0
+            for frac in (0.1, 0.5, 0.8):
+                rate = frac * sat["images_per_s"]
+                n = int(rate * duration * 1.5) + 10
+                self.log(f"  open loop at {frac:.0%} of saturation: {rate:.1f} images/s for {duration:.0f}s")
+                out["open_loop"].append({"fraction": frac, **await self.open_loop(url, images.take(n), rate, duration)})
+        out["peak_rss_mb"] = proc.peak_rss_mb()
+        self.stop_all()
+        return out
+
+    async def sync_peer(self, images: Images, rate: float) -> dict:
+        port = _free_port()
+        p = self.spawn([sys.executable, "-m", "app.bench.peers", "sync", "--port", str(port)], {}, "sync")
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(f"{url}/upload", proc=p)
+        await load.closed_loop(f"{url}/upload", images.take(16), 8)
+        t = time.perf_counter()
+        res = await load.closed_loop(f"{url}/upload", images.take(self.n), 32)
+        sat = res.accepted / (time.perf_counter() - t)
+        ol = await load.open_loop(f"{url}/upload", images.take(int(rate * 6 * 1.5) + 10), rate, 6.0)
+        out = {"images_per_s": sat, "rate": rate, "latency_p50_ms": 1000 * load.pct(ol.client_latency_s, 50),
+               "latency_p99_ms": 1000 * load.pct(ol.client_latency_s, 99), "peak_rss_mb": p.peak_rss_mb()}
+        self.stop_all()
+        return out
+
+    async def before_peer(self, images: Images, n: int) -> dict:
+        tag = f"before-{self.run_id}"
+        topic = f"bench-{self.run_id}-before-images"
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, self.settings.topic_partitions, 1)])
+        await admin.close()
+        procs = [self.spawn([sys.executable, "-m", "app.bench.peers", "before", "--topic", topic, "--classifier", c,
+                             "--tag", tag, "--batch", str(self.settings.extract_batch_size)], {}, f"before-{c}")
+                 for c in ("fast", "balanced", "accurate")]
+        for p in procs:
+            await _wait_line(p.log, "ready", p)
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                                    max_request_size=2 << 20)
+        await producer.start()
+        batch = images.take(n)
+        sizes = [len(b) for b in batch]
+        ids = [uuid.uuid4() for _ in batch]
+        t = time.perf_counter()
+        try:
+            await asyncio.gather(*[producer.send_and_wait(topic, b, key=i.bytes) for i, b in zip(ids, batch,
+                                                                                                  strict=True)])
+        finally:
+            await producer.stop()
+        await load.wait_rows(self.dsn, [str(i) for i in ids], 3, timeout=600, model_version=tag)
+        seconds = time.perf_counter() - t
+        out = {"images": n, "images_per_s": n / seconds, "message_bytes_mean": float(np.mean(sizes)),
+               "peak_rss_mb_per_classifier": {c: p.peak_rss_mb() for c, p in zip(("fast", "balanced", "accurate"),
+                                                                                  procs, strict=True)}}
+        self.stop_all()
+        return out
+
+    async def scaling(self, images: Images) -> dict:
+        env = self.env("scale")
+        out = {}
+        for workers in (1, 2):
+            env_w = {**env, "IMGSTREAM_APP_ID": f"{env['IMGSTREAM_APP_ID']}-{workers}"}
+            urls = [(await self.worker(env_w, f"scale{workers}-{i}"))[1] for i in range(workers)]
+            await asyncio.sleep(3)  # let the group settle on its partition assignment
+            url = urls[0]
+            await self.saturate(url, images.take(32))
+            sat = await self.saturate(url, images.take(self.n))
+            out[str(workers)] = sat["images_per_s"]
+            self.stop_all()
+        return out
+
+    async def roles(self, images: Images) -> dict:
+        env = self.env("roles")
+        procs = {}
+        urls = []
+        for role in ("extractor", "classifier-fast", "classifier-balanced", "classifier-accurate", "dead-letter"):
+            p, url = await self.worker(env, f"role-{role}", roles=role)
+            procs[role] = p
+            urls.append(url)
+        await self.saturate(urls[0], images.take(self.n // 2))
+        out = {role: p.peak_rss_mb() for role, p in procs.items()}
+        self.stop_all()
+        return out
+
+    async def resnet(self, images: Images) -> dict:
+        """ResNet50 with RANDOM weights: speed only."""
+        bucket = f"{self.settings.s3_bucket}-bench-resnet"
+        env = {"IMGSTREAM_S3_BUCKET": bucket}
+        onnx = self.settings.state_dir / "onnx" / "resnet50-random.onnx"
+        if not onnx.exists():
+            _cli("models", "export", "--backbone", "resnet50", "--random-init", "--out", str(onnx))
+        _cli("models", "train", "--data", str(self.source), "--backbone", "resnet50", "--onnx", str(onnx),
+             "--limit-per-class", "12", "--no-sweep", env=env)
+        s = Settings(s3_bucket=bucket)
+        async with ObjectStore(s) as store:
+            path = await registry.fetch(store, "latest", s.bundles_dir)
+        bundle = Bundle.load(path, threads=self.settings.ort_threads)
+        lim = self.limit(bundle, images.take(64), self.settings.extract_batch_size)
+        saved_n, self.n = self.n, 160
+        try:
+            pipe = await self.pipeline("resnet", env, images, levels=False)
+            # one open-loop level at 10 % of saturation
+            proc, url = await self.worker(self.env("resnet-ol", **env), "resnet-ol")
+            rate = 0.1 * pipe["saturation"]["images_per_s"]
+            pipe["open_loop"] = [{"fraction": 0.1, **await self.open_loop(url, images.take(int(rate * 20 * 1.5) + 5),
+                                                                        rate, 20.0)}]
+            self.stop_all()
+        finally:
+            self.n = saved_n
+        return {"limit": lim, "pipeline": pipe, "bundle": bundle.version}
+
+    async def run(self) -> dict:
+        s = self.settings
+        images = Images(self.source, 2400 if self.quick else 9000)
+        async with ObjectStore(s) as store:
+            path = await registry.fetch(store, s.bundle_version, s.bundles_dir)
+        bundle = Bundle.load(path, threads=s.ort_threads)
+        self.result["bundle"] = {"version": bundle.version, "backbone": bundle.manifest["backbone"], "k": bundle.k}
+        try:
+            self.log("1. the limit: bare onnxruntime")
+            self.result["limit"] = self.limit(bundle, images.take(256), s.extract_batch_size)
+            self.log(f"   {self.result['limit']['images_per_s']:.1f} images/s")
+            self.log("2-4. imgstream: saturation, open-loop latency, sizes")
+            self.result["imgstream"] = await self.pipeline("main", {}, images)
+            sat = self.result["imgstream"]["saturation"]["images_per_s"]
+            self.log(f"   saturation {sat:.1f} images/s")
+            self.log("5a. peer: synchronous HTTP service")
+            self.result["sync"] = await self.sync_peer(images, 0.1 * sat)
+            self.log("5b. peer: the original 'before' design")
+            self.result["before"] = await self.before_peer(images, 60 if self.quick else 240)
+            if not self.quick:
+                self.log("6. scaling: 1 vs 2 workers")
+                self.result["scaling"] = await self.scaling(images)
+                self.log("7. peak RSS per role")
+                self.result["roles_rss_mb"] = await self.roles(images)
+                self.log("8. ResNet50 (random weights, speed only)")
+                self.result["resnet50_random"] = await self.resnet(images)
+            self.result["gpu"] = gpu_note()
+        finally:
+            self.stop_all()
+        self.result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        return self.result
+
+
+def gpu_note() -> str:
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return "CUDAExecutionProvider available but not measured by this run"
+    except ImportError:
+        pass
+    return ("No GPU on this machine, and this session was not lent the project's GPU machine: the extractor's "
+            "onnxruntime CUDA throughput was not measured.")
+
+
+async def _pipeline_rows(dsn: str, ids: list[str]) -> dict[str, list[float]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT classifier, latency_ms FROM predictions WHERE image_id = ANY($1::uuid[])",
+                                [uuid.UUID(i) for i in ids])
+    finally:
+        await conn.close()
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        out.setdefault(r["classifier"], []).append(r["latency_ms"])
+    return out
+
+
+async def _wait_line(path: Path, text: str, proc: Proc, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.p.poll() is not None:
+            raise RuntimeError(f"process exited; see {path}")
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"{path}: no '{text}' after {timeout}s")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"imgstream {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def save_json(result: dict, path: Path) -> None:
+    path.write_text(json.dumps(result, indent=2, default=float))

@@ -1,0 +1,27 @@
+"""`imgstream bench --quick` runs against the real stack and writes its report. No timing is asserted:
+speed is what the benchmark measures, not what a test can promise on a noisy machine."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--quick", "--data", str(dataset), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    for section in ("against the hardware limit", "Open-loop latency", "Sizes and per-prediction cost", "Peers",
+                    "Memory", "GPU:", "CPU:"):
+        assert section in text
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["imgstream"]["saturation"]["images"] == 160
+    assert [o["fraction"] for o in result["imgstream"]["open_loop"]] == [0.1, 0.5, 0.8]
+    assert all(o["accepted"] == o["sent"] for o in result["imgstream"]["open_loop"])
+    assert result["before"]["images"] == 60 and result["sync"]["images_per_s"] > 0
