@@ -79,10 +79,12 @@ async def consumer_lag(settings: Settings, group: str, topics: list[str]) -> dic
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
-        partitions = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        described = await admin.describe_topics(topics)
+        partitions = [TopicPartition(t["topic"], p["partition"]) for t in described if t.get("error_code", 0) == 0
+                      for p in t["partitions"]]
         if not partitions:
             return {}
+        committed = await admin.list_consumer_group_offsets(group)
         ends = await consumer.end_offsets(partitions)
         lag = {}
         for tp in partitions:

@@ -198,6 +198,33 @@ class DataPlane:
                 "confidence": float(p.max()), "probabilities": dict(zip(bundle.labels, map(float, p), strict=True)),
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
+    # --- dashboard -------------------------------------------------------------------------------
+    async def stats(self) -> dict:
+        """Per-classifier latency percentiles and throughput, agreement, consumer lag."""
+        from app.metrics import CONSUMER_LAG
+
+        per = await self.rt.db.prediction_stats(300)
+        agree = await self.rt.db.agreement(200)
+        lag: dict[str, float] = {}
+        for metric in CONSUMER_LAG.collect():
+            for sample in metric.samples:
+                lag[sample.labels["topic"]] = lag.get(sample.labels["topic"], 0) + sample.value
+        return {
+            "classifiers": {r["classifier"]: {"predictions_5m": r["n"], "per_second_1m": round(r["last_minute"] / 60, 2),
+                                              "latency_p50_ms": round(r["p50"], 3), "latency_p99_ms": round(r["p99"], 3)}
+                            for r in per},
+            "agreement": {"images": agree["images"], "unanimous": agree["unanimous"],
+                          "rate": round(agree["unanimous"] / agree["images"], 4) if agree["images"] else None},
+            "consumer_lag": lag,
+            "model_version": self._bundle_version(),
+        }
+
+    def _bundle_version(self) -> str | None:
+        try:
+            return self.rt.bundle.version
+        except ModelError:
+            return None
+
     # --- health ----------------------------------------------------------------------------------
     async def health(self) -> tuple[bool, dict]:
         async def check(name, coro):

@@ -181,10 +181,23 @@ class Database:
             "SELECT * FROM predictions WHERE image_id = ANY($1::uuid[]) ORDER BY created_at", image_ids
         )
 
+    async def agreement(self, limit: int = 200) -> asyncpg.Record:
+        """Among the last ``limit`` images with three predictions: how many got one label from all three."""
+        return await self.pool.fetchrow(
+            """WITH recent AS (
+                 SELECT p.image_id, count(DISTINCT p.label) AS labels FROM predictions p
+                 JOIN images i ON i.image_id = p.image_id AND p.model_version = i.bundle_version
+                 GROUP BY p.image_id HAVING count(*) = 3
+                 ORDER BY max(p.created_at) DESC LIMIT $1)
+               SELECT count(*) AS images, count(*) FILTER (WHERE labels = 1) AS unanimous FROM recent""",
+            limit,
+        )
+
     async def prediction_stats(self, window_s: int = 300) -> list[asyncpg.Record]:
         """Per classifier over the last window: count and latency percentiles."""
         return await self.pool.fetch(
             """SELECT classifier, count(*) AS n,
+                      count(*) FILTER (WHERE created_at > now() - interval '60 seconds') AS last_minute,
                       percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
                       percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
                FROM predictions WHERE created_at > now() - make_interval(secs => $1)

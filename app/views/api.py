@@ -161,6 +161,10 @@ async def openapi_json(request: web.Request) -> web.Response:
     return _json(openapi(request.app[SETTINGS]))
 
 
+async def stats(request: web.Request) -> web.Response:
+    return _json(await request.app[DATAPLANE].stats())
+
+
 async def dashboard(request: web.Request) -> web.Response:
     return web.FileResponse(STATIC / "dashboard.html")
 
@@ -194,3 +198,4 @@ def setup(app: web.Application, dataplane: DataPlane, settings: Settings) -> Non
     r.add_get("/health", health)
     r.add_get("/openapi.json", openapi_json)
     r.add_get("/dashboard", dashboard)
+    r.add_get("/stats", stats)
