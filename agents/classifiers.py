@@ -17,7 +17,7 @@ import faust
 import numpy as np
 
 from agents import dead_letter
-from app.errors import Unprocessable
+from app.errors import ModelError, Unprocessable
 from app.messages import Trace, decode_descriptors
 from app.metrics import BATCH_SIZE, COMPUTE_SECONDS, END_TO_END, MESSAGES, PREDICT_SECONDS, QUEUE_SECONDS
 from app.runtime import Runtime
@@ -31,34 +31,44 @@ def _dt(epoch: float) -> datetime:
 
 
 async def process_batch(runtime: Runtime, name: str, events: list) -> int:
-    """Classify one micro-batch with classifier ``name``; returns rows inserted."""
-    bundle = runtime.bundle
-    version = bundle.version
+    """Classify one micro-batch with classifier ``name``; returns rows inserted.
+
+    Descriptors are classified by the bundle that produced them (trace header ``v``), so a worker
+    restarted on a newer bundle still reads older messages correctly.
+    """
     stage = f"classifier-{name}"
     now = time.time()
     BATCH_SIZE.labels(stage).observe(len(events))
-    ids, rows, traces = [], [], []
+    groups: dict[str, list] = {}
     for event in events:
         try:
             image_id, desc = decode_descriptors(event.value)
             trace = Trace.from_headers(event.headers)
+            bundle = await dead_letter.retry_forever(
+                f"loading bundle {trace.bundle_version}", lambda: runtime.classifiers_for(trace.bundle_version),
+                stage=stage)
             if desc.shape[0] != bundle.k:
-                raise Unprocessable(f"{desc.shape[0]} descriptors, bundle {version} expects {bundle.k}",
+                raise Unprocessable(f"{desc.shape[0]} descriptors, bundle {bundle.version} expects {bundle.k}",
                                     code="wrong_descriptor_count")
-        except Unprocessable as exc:
+        except (Unprocessable, ModelError) as exc:
             # Only one of the three classifiers reports a poison message; all three skip it.
             if name == "accurate":
                 await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
             continue
         QUEUE_SECONDS.labels(stage).observe(max(0.0, now - trace.extract_finished_at))
-        ids.append(image_id)
-        rows.append(desc)
-        traces.append(trace)
-    if not ids:
-        return 0
+        groups.setdefault(bundle.version, []).append((image_id, desc, trace, bundle))
+    inserted = 0
+    for version, items in groups.items():
+        inserted += await _classify(runtime, name, stage, version, items)
+    return inserted
 
+
+async def _classify(runtime: Runtime, name: str, stage: str, version: str, items: list) -> int:
+    bundle = items[0][3]
+    ids = [i[0] for i in items]
+    traces = [i[2] for i in items]
     started = time.perf_counter()
-    predictions = await predict_rows(bundle, runtime.predict_pool, name, ids, np.stack(rows))
+    predictions = await predict_rows(bundle, runtime.predict_pool, name, ids, np.stack([i[1] for i in items]))
     progress = [
         ImageProgress(image_id, _dt(t.uploaded_at), _dt(t.extract_started_at), _dt(t.extract_finished_at), t.cached,
                       t.bundle_version)

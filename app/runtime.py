@@ -44,6 +44,7 @@ class Runtime:
         self.db = Database(settings, min_size=0, max_size=10)
         self.ready = asyncio.Event()
         self._bundle: Bundle | None = None
+        self._other_bundles: dict[str, Bundle] = {}
         self.bundle_error = "model bundle not loaded yet"
         # ONNX runs one batch at a time (it uses every core itself); decoding and LightGBM get their own.
         self.onnx_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
@@ -60,6 +61,20 @@ class Runtime:
         if self._bundle is None:
             raise ModelError(self.bundle_error)
         return self._bundle
+
+    async def classifiers_for(self, version: str) -> Bundle:
+        """The bundle whose reduction made descriptors of ``version``: the loaded one, or another
+        published one fetched on demand (classifiers only). Descriptors are only ever classified by
+        the classifiers trained on their own descriptor space."""
+        bundle = self.bundle
+        if version == bundle.version:
+            return bundle
+        if version not in self._other_bundles:
+            path = await registry.fetch(self.store, version, self.settings.bundles_dir)
+            self._other_bundles[version] = await asyncio.get_running_loop().run_in_executor(
+                self.predict_pool, lambda: Bundle.load(path, extractor=False))
+            log.info("loaded classifiers of bundle %s for descriptors it produced", version)
+        return self._other_bundles[version]
 
     async def wait_bundle(self) -> Bundle:
         while self._bundle is None:

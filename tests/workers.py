@@ -25,14 +25,39 @@ def free_port() -> int:
 
 
 def isolated_env(unique: str, **extra: str) -> dict[str, str]:
-    """Settings for a private pipeline: topics and app id unique to ``unique``."""
+    """Settings for a private pipeline: topics and app id unique to ``unique``, and the bundle
+    pinned to the version that was latest when the session started (a bundle published meanwhile
+    must not change what a test measures)."""
     return {
+        "IMGSTREAM_BUNDLE_VERSION": pinned_bundle(),
         "IMGSTREAM_APP_ID": f"test-{unique}",
         "IMGSTREAM_INPUT_TOPIC": f"test-{unique}-images-input-stream",
         "IMGSTREAM_FEATURES_TOPIC": f"test-{unique}-image-features-stream",
         "IMGSTREAM_DEAD_LETTER_TOPIC": f"test-{unique}-images-dead-letter",
         **extra,
     }
+
+
+_PINNED: list[str] = []
+
+
+def pinned_bundle() -> str:
+    if not _PINNED:
+        import asyncio
+
+        from app import registry
+        from app.settings import Settings
+        from app.storage.objectstore import ObjectStore
+
+        async def latest() -> str:
+            async with ObjectStore(Settings()) as store:
+                return await registry.resolve(store, "latest")
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:  # callers may be inside a running event loop
+            _PINNED.append(pool.submit(asyncio.run, latest()).result())
+    return _PINNED[0]
 
 
 class Worker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from pathlib import Path
@@ -51,6 +52,18 @@ async def errors(request: web.Request, handler):
         log.exception("unhandled error on %s %s", request.method, request.path)
         REFUSED.labels(_route_name(request), "internal_error").inc()
         return _json({"error": {"code": "internal_error", "message": "internal error"}}, 500)
+
+
+@web.middleware
+async def wait_ready(request: web.Request, handler):
+    """Faust may start serving HTTP before this worker's resources are up: wait a little, then 503."""
+    ready = request.app[DATAPLANE].rt.ready
+    if not ready.is_set() and request.path not in ("/health", "/metrics"):
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+        except asyncio.TimeoutError:
+            raise ServiceUnavailable("the worker is starting", code="starting", retry_after=2) from None
+    return await handler(request)
 
 
 def _authorize(request: web.Request) -> None:
@@ -188,6 +201,7 @@ def setup(app: web.Application, dataplane: DataPlane, settings: Settings) -> Non
     app[DATAPLANE] = dataplane
     app[SETTINGS] = settings
     app.middlewares.append(errors)
+    app.middlewares.append(wait_ready)
     r = app.router
     r.add_post("/upload", upload)
     r.add_get("/predictions", predictions)
