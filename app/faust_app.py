@@ -50,6 +50,8 @@ def create_app(settings: Settings) -> ImgstreamApp:
         topic_replication_factor=settings.topic_replicas,
         topic_allow_declare=True,
         producer_acks=-1,
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 4),
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         web_host=settings.web_host,

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     """Topic of compact descriptor messages, keyed by image id."""
     dead_letter_topic: str = "images-dead-letter"
     """Topic of messages that could not be processed, with the reason."""
+    kafka_session_timeout: float = Field(15.0, gt=1)
+    """Seconds without a heartbeat before Kafka declares a worker dead and moves its partitions."""
     app_id: str = "imgstream"
     """Faust application id: the consumer-group prefix and table changelog prefix."""
 

@@ -76,7 +76,7 @@ class Worker:
     def start(self) -> Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "-l", "warn"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "-l", "info"], env=self.env,
                                      cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
