@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 
 import msgspec
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import web
 
 from app.dataplane import DataPlane
@@ -102,7 +104,8 @@ async def _upload_body(request: web.Request, limit: int) -> bytes:
                                                   code="body_too_large")
                         chunks.append(chunk)
                     return b"".join(chunks)
-        except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on broken input
+        except (ValueError, AssertionError, LookupError, UnicodeError, aiohttp.ClientPayloadError,
+                aiohttp.http_exceptions.HttpProcessingError) as exc:  # aiohttp's multipart parser on broken input
             raise BadRequest(f"malformed multipart body: {exc}", code="malformed_multipart") from exc
         raise BadRequest("multipart upload needs a part named 'file'", code="missing_file")
     if ctype in IMAGE_TYPES or ctype == "application/octet-stream":
