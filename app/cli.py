@@ -18,11 +18,15 @@ console = Console(width=None if Console().is_terminal else 160)
 
 
 @stack_cli.command("up")
-def stack_up(services: list[str] = typer.Argument(None, help="postgres, s3, kafka (default: all)")) -> None:
+def stack_up(
+    services: list[str] = typer.Argument(None, help="postgres, s3, kafka (default: all), prometheus"),
+    with_prometheus: bool = typer.Option(False, help="also run Debian's Prometheus scraping the worker"),
+) -> None:
     """Install what is missing and start the services on 127.0.0.1; idempotent."""
     from app import stack
 
-    stack.up(get_settings(), services, report=console.print)
+    names = list(services or stack.SERVICES) + (["prometheus"] if with_prometheus else [])
+    stack.up(get_settings(), names, report=console.print)
 
 
 @stack_cli.command("down")

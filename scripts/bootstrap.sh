@@ -11,6 +11,7 @@ need_apt=()
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 if [[ "${IMGSTREAM_BROWSER_TESTS:-1}" == 1 ]]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
 fi

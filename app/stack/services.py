@@ -330,15 +330,51 @@ class ObjectStoreServer(Service):
         asyncio.run(run())
 
 
+class Prometheus(Service):
+    """Debian's Prometheus on 127.0.0.1:9090 scraping the worker's /metrics (``--with-prometheus``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "prometheus", start_timeout=60)
+
+    def install(self) -> None:
+        if shutil.which("prometheus") is None:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            _run(["apt-get", "update", "-q"], "apt-get update", env=env)
+            _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
+                 "installing Prometheus", env=env)
+
+    def launch(self) -> None:
+        config = self.dir / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: imgstream\n"
+            f"    static_configs:\n      - targets: ['{self.settings.web_host}:{self.settings.web_port}']\n")
+        self.proc.start([shutil.which("prometheus") or "prometheus", f"--config.file={config}",
+                         f"--storage.tsdb.path={self.dir / 'data'}", "--web.listen-address=127.0.0.1:9090",
+                         "--storage.tsdb.retention.time=7d"])
+
+    def health(self) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:9090/-/ready", timeout=3) as r:
+                return None if r.status == 200 else f"HTTP {r.status}"
+        except OSError as exc:
+            return str(exc)
+
+
 SERVICES = {"postgres": Postgres, "s3": ObjectStoreServer, "kafka": Kafka}
+OPTIONAL = {"prometheus": Prometheus}
 
 
-def _select(settings: Settings, names: list[str] | None) -> list[Service]:
-    names = names or list(SERVICES)
-    unknown = set(names) - set(SERVICES)
+def _select(settings: Settings, names: list[str] | None, running_optional: bool = False) -> list[Service]:
+    known = {**SERVICES, **OPTIONAL}
+    chosen = list(names or SERVICES)
+    if not names and running_optional:  # down/status also cover optional services we started
+        chosen += [n for n, cls in OPTIONAL.items() if cls(settings).proc.pid() is not None]
+    unknown = set(chosen) - set(known)
     if unknown:
-        raise StackError(f"unknown service(s): {sorted(unknown)}; choose from {sorted(SERVICES)}")
-    return [SERVICES[n](settings) for n in names]
+        raise StackError(f"unknown service(s): {sorted(unknown)}; choose from {sorted(known)}")
+    return [known[n](settings) for n in chosen]
 
 
 def up(settings: Settings, names: list[str] | None = None, report=print) -> None:
@@ -347,9 +383,9 @@ def up(settings: Settings, names: list[str] | None = None, report=print) -> None
 
 
 def down(settings: Settings, names: list[str] | None = None, report=print) -> None:
-    for svc in reversed(_select(settings, names)):
+    for svc in reversed(_select(settings, names, running_optional=True)):
         report(f"{svc.name}: {svc.down()}")
 
 
 def status(settings: Settings, names: list[str] | None = None) -> list[tuple[str, int | None, str]]:
-    return [(svc.name, *svc.status()) for svc in _select(settings, names)]
+    return [(svc.name, *svc.status()) for svc in _select(settings, names, running_optional=True)]

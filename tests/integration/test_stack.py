@@ -102,3 +102,32 @@ def test_docker_compose_file_is_valid():
     if "is not a docker command" in proc.stderr or "unknown command" in proc.stderr:
         pytest.skip("docker client without the compose plugin")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_prometheus_scrapes_the_worker(stack, pipeline):
+    """`imgstream stack up --with-prometheus`: Debian's Prometheus, scraping a worker's /metrics."""
+    import json
+    import os
+    import time
+    import urllib.request
+
+    worker, _ = pipeline
+    env = {**os.environ, "IMGSTREAM_WEB_PORT": str(worker.port)}
+    up = subprocess.run([sys.executable, "-m", "app.cli", "stack", "up", "prometheus"], capture_output=True,
+                        text=True, env=env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        deadline = time.monotonic() + 60
+        health = None
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen("http://127.0.0.1:9090/api/v1/targets", timeout=5) as r:
+                targets = json.load(r)["data"]["activeTargets"]
+            health = [t["health"] for t in targets if t["labels"]["instance"].endswith(f":{worker.port}")]
+            if health == ["up"]:
+                break
+            time.sleep(1)
+        assert health == ["up"]
+        q = urllib.request.urlopen("http://127.0.0.1:9090/api/v1/query?query=imgstream_uploads_total", timeout=5)
+        assert json.load(q)["data"]["result"], "the worker's own metrics reach Prometheus"
+    finally:
+        subprocess.run([sys.executable, "-m", "app.cli", "stack", "down", "prometheus"], capture_output=True)
