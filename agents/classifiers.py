@@ -69,11 +69,12 @@ async def _classify(runtime: Runtime, name: str, stage: str, version: str, items
     traces = [i[2] for i in items]
     started = time.perf_counter()
     predictions = await predict_rows(bundle, runtime.predict_pool, name, ids, np.stack([i[1] for i in items]))
+    # The image's timeline is recorded once, by the fast classifier; the others only add rows.
     progress = [
         ImageProgress(image_id, _dt(t.uploaded_at), _dt(t.extract_started_at), _dt(t.extract_finished_at), t.cached,
                       t.bundle_version)
         for image_id, t in zip(ids, traces, strict=True)
-    ]
+    ] if name == "fast" else []
     inserted = await dead_letter.retry_forever(
         f"writing {len(predictions)} {name} predictions",
         lambda: runtime.db.write_predictions(progress, predictions), stage=stage,

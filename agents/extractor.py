@@ -42,9 +42,11 @@ class Item:
 
 
 async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
-    async with sem:
-        data = await dead_letter.retry_forever(f"fetching {item.msg.object_key}",
-                                               lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
+    data = runtime.recent_uploads.pop(item.msg.object_key)
+    if data is None:
+        async with sem:
+            data = await dead_letter.retry_forever(f"fetching {item.msg.object_key}",
+                                                   lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
     spec = runtime.bundle.extractor.spec
     item.pixels = await runtime.in_pool(runtime.decode_pool, preprocess, data, spec, runtime.settings.max_pixels)
 

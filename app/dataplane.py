@@ -62,9 +62,12 @@ class DataPlane:
         sha = hashlib.sha256(body).hexdigest()
         msg = ImageUploaded(str(image_id), key, sha, len(body), FORMATS[fmt], time.time())
         await self.rt.store.put(key, body, FORMATS[fmt], sha256=sha)
+        if self.rt.needs_extractor:
+            self.rt.recent_uploads.put(key, body)
         try:
             await self.rt.send(self.rt.topics.input, sha.encode(), msg.dumps())
         except ServiceUnavailable:
+            self.rt.recent_uploads.pop(key)
             await self.rt.store.delete(key)  # nothing half-written: no event, no object
             raise
         try:
@@ -73,7 +76,7 @@ class DataPlane:
             log.warning("upload recorded in Kafka but not yet in PostgreSQL: %s", exc,
                         extra={"image_id": str(image_id)})
         UPLOADS.inc()
-        log.info("upload accepted", extra={"image_id": str(image_id), "bytes": len(body)})
+        log.debug("upload accepted", extra={"image_id": str(image_id), "bytes": len(body)})
         return {
             "image_id": str(image_id), "object_key": key, "sha256": sha, "size": len(body),
             "content_type": FORMATS[fmt], "status": "pending",

@@ -35,6 +35,33 @@ class Topics:
         self.dead_letter = app.topic(settings.dead_letter_topic, **kw)
 
 
+class RecentUploads:
+    """A small LRU of object bytes uploaded through this worker: an extractor in the same process
+    reads them from here instead of fetching them back from S3 (S3 stays the source of truth)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.items: OrderedDict[str, bytes] = OrderedDict()
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        self.items[key] = data
+        self.size += len(data)
+        while self.size > self.max_bytes:
+            _, old = self.items.popitem(last=False)
+            self.size -= len(old)
+
+    def pop(self, key: str) -> bytes | None:
+        data = self.items.pop(key, None)
+        if data is not None:
+            self.size -= len(data)
+        return data
+
+
 class Runtime:
     def __init__(self, app: faust.App, settings: Settings) -> None:
         self.app = app
@@ -43,6 +70,7 @@ class Runtime:
         self.store = ObjectStore(settings)
         self.db = Database(settings, min_size=0, max_size=10)
         self.ready = asyncio.Event()
+        self.recent_uploads = RecentUploads(settings.local_object_cache_mb << 20)
         self._bundle: Bundle | None = None
         self._other_bundles: dict[str, Bundle] = {}
         self.bundle_error = "model bundle not loaded yet"

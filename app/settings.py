@@ -96,13 +96,15 @@ class Settings(BaseSettings):
     classifier-fast, classifier-balanced, classifier-accurate, dead-letter."""
     extract_batch_size: int = Field(16, ge=1)
     """Extractor micro-batch size: stream.take(n, ...)."""
-    extract_batch_within: float = Field(0.02, gt=0)
+    extract_batch_within: float = Field(0.005, gt=0)
     """Extractor micro-batch wait in seconds: stream.take(..., within=t)."""
+    local_object_cache_mb: int = Field(64, ge=0)
+    """Uploads kept in memory (LRU, MB) so an extractor in the same worker skips the S3 GET (0 = off)."""
     fetch_concurrency: int = Field(16, ge=1)
     """Concurrent S3 fetches per extractor batch."""
     classify_batch_size: int = Field(64, ge=1)
     """Classifier micro-batch size (one predict call and one DB write per batch)."""
-    classify_batch_within: float = Field(0.01, gt=0)
+    classify_batch_within: float = Field(0.002, gt=0)
     """Classifier micro-batch wait in seconds."""
 
     # --- logging -------------------------------------------------------------------------------

@@ -12,12 +12,16 @@ from models.preprocess import preprocess
 
 
 class FeatureExtractor:
-    def __init__(self, onnx_path: Path, backbone: str, threads: int = 0, providers: list[str] | None = None) -> None:
+    def __init__(self, onnx_path: Path, backbone: str, threads: int = 0, providers: list[str] | None = None,
+                 spin: bool = False) -> None:
         self.spec: BackboneSpec = BACKBONES[backbone]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between ops: in a worker the event loop, decoding and LightGBM share the
+        # cores with ONNX, and spinning threads would take their time.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if not spin else "1")
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
