@@ -70,8 +70,10 @@ class DataPlane:
             self.rt.recent_uploads.pop(key)
             await self.rt.store.delete(key)  # nothing half-written: no event, no object
             raise
+        accepted = datetime.now(UTC)
         try:
-            await asyncio.wait_for(self.rt.db.record_upload(image_id, key, sha, len(body), FORMATS[fmt], now), 2)
+            await asyncio.wait_for(
+                self.rt.db.record_upload(image_id, key, sha, len(body), FORMATS[fmt], now, accepted), 2)
         except Exception as exc:  # noqa: BLE001 - the event is accepted; classifiers create the row too
             log.warning("upload recorded in Kafka but not yet in PostgreSQL: %s", exc,
                         extra={"image_id": str(image_id)})
@@ -128,7 +130,8 @@ class DataPlane:
     @staticmethod
     def _trace(row, by_name) -> list[dict]:
         up = row["uploaded_at"]
-        events = [("upload_accepted", up), ("extraction_queued", up), ("extraction_started", row["extract_started_at"]),
+        events = [("upload_received", up), ("upload_accepted", row["accepted_at"]),
+                  ("extraction_started", row["extract_started_at"]),
                   ("extraction_finished", row["extract_finished_at"])]
         events += [(f"classifier_{n}_finished", by_name[n]["created_at"]) for n in CLASSIFIERS if n in by_name]
         out, prev = [], None

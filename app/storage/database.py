@@ -107,14 +107,15 @@ class Database:
 
     # --- writes --------------------------------------------------------------------------------
     async def record_upload(self, image_id: UUID, object_key: str, sha256: str, size: int,
-                            content_type: str, uploaded_at: datetime) -> None:
+                            content_type: str, uploaded_at: datetime, accepted_at: datetime) -> None:
         await self.pool.execute(
-            """INSERT INTO images (image_id, object_key, sha256, size, content_type, uploaded_at)
-               VALUES ($1, $2, $3, $4, $5, $6)
+            """INSERT INTO images (image_id, object_key, sha256, size, content_type, uploaded_at, accepted_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
                ON CONFLICT (image_id) DO UPDATE SET object_key = EXCLUDED.object_key,
                  sha256 = EXCLUDED.sha256, size = EXCLUDED.size, content_type = EXCLUDED.content_type,
-                 uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at), updated_at = now()""",
-            image_id, object_key, sha256, size, content_type, uploaded_at,
+                 uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at),
+                 accepted_at = EXCLUDED.accepted_at, updated_at = now()""",
+            image_id, object_key, sha256, size, content_type, uploaded_at, accepted_at,
         )
 
     async def mark_failed(self, image_id: UUID, reason: str, object_key: str | None = None,

@@ -97,7 +97,9 @@ async def test_prediction_404_400_and_complete(pipeline, http, done_image):
         assert p["confidence"] == max(p["probabilities"].values())
     assert body["consensus"]["label"] in {p["label"] for p in body["predictions"].values()}
     events = [e["event"] for e in body["trace"]]
-    assert events[:4] == ["upload_accepted", "extraction_queued", "extraction_started", "extraction_finished"]
+    assert events[:4] == ["upload_received", "upload_accepted", "extraction_started", "extraction_finished"]
+    accepted = next(e for e in body["trace"] if e["event"] == "upload_accepted")
+    assert accepted["since_upload_ms"] > 0
     assert {"classifier_fast_finished", "classifier_balanced_finished", "classifier_accurate_finished"} <= set(events)
 
 
