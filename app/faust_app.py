@@ -14,7 +14,7 @@ import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 
 from app.dataplane import DataPlane
-from app.logs import configure_logging
+from app.logs import configure_logging, json_logging_config
 from app.metrics import REGISTRY
 from app.runtime import Runtime, service_for
 from app.settings import ROLES, Settings, get_settings
@@ -59,7 +59,8 @@ def create_app(settings: Settings) -> ImgstreamApp:
         web_port=settings.web_port,
         web_application_options={"client_max_size": settings.max_upload_bytes + (1 << 20)},
         datadir=str((settings.state_dir / "faust" / group_id(settings)).resolve()),
-        logging_config=None,
+        # With IMGSTREAM_LOG_JSON, Faust's and mode's own lines are JSON too (one formatter for all).
+        logging_config=json_logging_config(settings) if settings.log_json else None,
     )
     app.imgstream_settings = settings
     app.runtime = Runtime(app, settings)

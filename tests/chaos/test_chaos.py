@@ -85,6 +85,9 @@ async def test_service_outage_mid_run(stack, sample_images, record, tmp_path, se
     if service == "s3":
         assert seen_503["status"] == 503 and seen_503["retry_after"]
         assert seen_503["body"]["error"]["code"] == "service_unavailable"
+        # nothing half-written: every event on the input topic is an accepted upload, once
+        events = await _input_topic_ids(stack, env["IMGSTREAM_INPUT_TOPIC"])
+        assert sorted(events) == sorted(uploader.accepted)
     if service == "postgres":
         assert fig["accepted"] > 60, "uploads are accepted while PostgreSQL is down"
 
@@ -111,3 +114,24 @@ async def test_two_workers_one_killed_the_other_takes_over(stack, sample_images,
     record("two_workers_one_killed", **fig)
     _assert_none_lost_or_doubled(fig)
     assert fig["accepted"] == 300
+
+
+async def _input_topic_ids(settings, topic: str) -> list[str]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from app.messages import ImageUploaded
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        ids = []
+        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                ids += [ImageUploaded.loads(r.value).image_id for r in records]
+        return ids
+    finally:
+        await consumer.stop()

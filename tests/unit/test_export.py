@@ -105,3 +105,15 @@ def test_known_photo_is_a_daisy_with_tf_normalization(lite0):
     _, p_ms = daisy(mean_std)
     assert top == 985
     assert p_tf > 2 * p_ms
+
+
+def test_resnet50_from_a_weights_file(tmp_path, export_python):
+    """--weights FILE: torchvision's state dict from disk (here one saved from a fresh model)."""
+    weights = tmp_path / "resnet50.pth"
+    proc = subprocess.run([str(export_python), "-c", "import torch, torchvision; torch.manual_seed(1); "
+                           f"torch.save(torchvision.models.resnet50().state_dict(), {str(weights)!r})"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    path, info = _export(tmp_path, "resnet50", "--weights", str(weights))
+    assert info["random_init"] is False and info["weights"] == "file:resnet50.pth"
+    assert info["max_abs_diff_vs_torch"] < 1e-3
