@@ -12,7 +12,7 @@ import faust
 import msgspec
 
 from app.errors import ImgstreamError, ServiceUnavailable
-from app.metrics import DEAD_LETTERED, MESSAGES
+from app.metrics import DEAD_LETTERED, MESSAGES, RESENT
 from app.runtime import Runtime
 from app.storage.database import PG_DOWN
 
@@ -58,7 +58,39 @@ async def retry_forever(what: str, coro_fn, *, stage: str, base: float = 0.5, ca
             delay = min(delay * 2, cap)
 
 
+async def sweep(runtime: Runtime) -> int:
+    """Re-publish accepted images that never got a prediction (anti-entropy).
+
+    Kafka and the agents are at-least-once, but a message can still go missing on the way (a
+    rebalance right after a worker crash was seen to skip one; an upload accepted while the event
+    was produced to a partition whose data was then lost). Every accepted upload has a row in
+    PostgreSQL, so the sweeper finds the ones left behind and sends their event again; the
+    descriptor table and the primary key make a repeat harmless.
+    """
+    from app.messages import ImageUploaded
+
+    rows = await runtime.db.stalled(runtime.settings.resend_after_s)
+    for r in rows:
+        msg = ImageUploaded(str(r["image_id"]), r["object_key"], r["sha256"], r["size"] or 0,
+                            r["content_type"] or "image/jpeg",
+                            r["uploaded_at"].timestamp() if r["uploaded_at"] else time.time())
+        await runtime.send(runtime.topics.input, msg.sha256.encode(), msg.dumps())
+        log.warning("re-published an accepted image with no prediction", extra={"image_id": msg.image_id})
+    RESENT.inc(len(rows))
+    return len(rows)
+
+
 def register(app: faust.App, runtime: Runtime) -> None:
+    if runtime.settings.resend_after_s > 0:
+        @app.timer(interval=max(1.0, runtime.settings.resend_after_s / 4), on_leader=True, name="sweeper")
+        async def sweeper() -> None:
+            if not runtime.ready.is_set():
+                return
+            try:
+                await sweep(runtime)
+            except Exception as exc:  # noqa: BLE001 - try again next tick
+                log.warning("sweeper skipped a round: %s", exc)
+
     @app.agent(runtime.topics.dead_letter, name="dead-letter")
     async def dead_letter(stream):
         await runtime.ready.wait()

@@ -60,3 +60,7 @@ CONSUMER_LAG = Gauge(
 )
 BUNDLE = Gauge("imgstream_model_bundle_info", "The loaded model bundle (value 1).", ["version", "backbone", "k"],
                registry=REGISTRY)
+RESENT = Counter(
+    "imgstream_resent_total", "Accepted images re-published by the sweeper because they had no prediction "
+    "after IMGSTREAM_RESEND_AFTER_S.", registry=REGISTRY,
+)

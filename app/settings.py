@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     classify_batch_within: float = Field(0.002, gt=0)
     """Classifier micro-batch wait in seconds."""
 
+    resend_after_s: float = Field(60.0, ge=0)
+    """The sweeper (dead-letter role) re-publishes an accepted image that has no prediction after
+    this many seconds; 0 turns it off. Idempotent: the table and the primary key absorb repeats."""
+
     # --- logging -------------------------------------------------------------------------------
     log_level: str = "INFO"
     """Log level of imgstream's own loggers."""

@@ -160,6 +160,23 @@ class Database:
             ) if rows else []
         return len(inserted)
 
+    async def stalled(self, older_than_s: float, limit: int = 500) -> list[asyncpg.Record]:
+        """Accepted images with no prediction at all and no failure after ``older_than_s`` seconds
+        (and not re-sent within that time): candidates for the sweeper. Marks them re-sent."""
+        return await self.pool.fetch(
+            """UPDATE images SET resent_at = now(), resent_count = resent_count + 1
+               WHERE image_id IN (
+                 SELECT i.image_id FROM images i
+                 WHERE i.status = 'pending' AND i.accepted_at < now() - make_interval(secs => $1)
+                   AND (i.resent_at IS NULL OR i.resent_at < now() - make_interval(secs => $1))
+                   AND i.object_key IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.image_id = i.image_id)
+                 ORDER BY i.accepted_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+               RETURNING image_id, object_key, sha256, size, content_type, uploaded_at""",
+            float(older_than_s), limit,
+        )
+
     # --- reads ---------------------------------------------------------------------------------
     async def get_image(self, image_id: UUID) -> asyncpg.Record | None:
         return await self.pool.fetchrow("SELECT * FROM images WHERE image_id = $1", image_id)

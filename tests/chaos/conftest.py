@@ -102,6 +102,16 @@ async def settle(dsn: str, ids: list[str], timeout: float = 180) -> dict[str, di
         await conn.close()
 
 
+async def resent_count(settings, ids: list[str]) -> int:
+    """How many times the sweeper re-published these images."""
+    conn = await asyncpg.connect(settings.postgres_dsn.get_secret_value())
+    try:
+        return await conn.fetchval("SELECT coalesce(sum(resent_count), 0) FROM images WHERE image_id = ANY($1::uuid[])",
+                                   [uuid.UUID(i) for i in ids])
+    finally:
+        await conn.close()
+
+
 def figures(uploader: Uploader, per_image: dict[str, dict[str, int]]) -> dict:
     return {
         "sent": uploader.sent,

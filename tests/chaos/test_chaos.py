@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from app.stack.services import SERVICES
-from tests.chaos.conftest import Uploader, figures, images_from, settle
+from tests.chaos.conftest import Uploader, figures, images_from, resent_count, settle
 from tests.workers import Worker, isolated_env
 
 pytestmark = pytest.mark.chaos
@@ -44,9 +44,10 @@ async def test_worker_kill9_mid_upload_then_restart(stack, sample_images, record
     try:
         await _upload_while(uploader, lambda: worker.url, crash_and_restart, after_accepted=150)
         per = await settle(stack.postgres_dsn.get_secret_value(), uploader.accepted)
+        resent = await resent_count(stack, uploader.accepted)
     finally:
         worker.stop()
-    fig = figures(uploader, per)
+    fig = {**figures(uploader, per), "resent_by_sweeper": resent}
     record("worker_kill9", **fig)
     _assert_none_lost_or_doubled(fig)
     assert fig["accepted"] == 500
@@ -76,10 +77,11 @@ async def test_service_outage_mid_run(stack, sample_images, record, tmp_path, se
         await _upload_while(uploader, lambda: worker.url, outage, after_accepted=60)
         per = await settle(stack.postgres_dsn.get_secret_value(), uploader.accepted, timeout=240)
         assert worker.proc.poll() is None, "the worker survived the outage"
+        resent = await resent_count(stack, uploader.accepted)
     finally:
         worker.stop()
         await asyncio.to_thread(svc.up)
-    fig = figures(uploader, per)
+    fig = {**figures(uploader, per), "resent_by_sweeper": resent}
     record({"kafka": "kafka_restart", "postgres": "postgres_outage", "s3": "s3_outage"}[service], **fig)
     _assert_none_lost_or_doubled(fig)
     if service == "s3":
@@ -107,10 +109,11 @@ async def test_two_workers_one_killed_the_other_takes_over(stack, sample_images,
         # uploads go to the survivor; partitions held by the killed worker move to it
         await _upload_while(uploader, lambda: b.url, kill_a, after_accepted=80)
         per = await settle(stack.postgres_dsn.get_secret_value(), uploader.accepted, timeout=240)
+        resent = await resent_count(stack, uploader.accepted)
     finally:
         a.stop()
         b.stop()
-    fig = figures(uploader, per)
+    fig = {**figures(uploader, per), "resent_by_sweeper": resent}
     record("two_workers_one_killed", **fig)
     _assert_none_lost_or_doubled(fig)
     assert fig["accepted"] == 300
@@ -129,7 +132,10 @@ async def _input_topic_ids(settings, topic: str) -> list[str]:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         ids = []
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while await behind():
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 ids += [ImageUploaded.loads(r.value).image_id for r in records]
         return ids
