@@ -296,6 +296,7 @@ class Bench:
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, "latest", s.bundles_dir)
         bundle = Bundle.load(path, threads=self.settings.ort_threads)
+        env["IMGSTREAM_BUNDLE_VERSION"] = bundle.version  # never the EfficientNet bundle pinned for the run
         lim = self.limit(bundle, images.take(64), self.settings.extract_batch_size)
         saved_n, self.n = self.n, 160
         try:
@@ -308,6 +309,8 @@ class Bench:
             self.stop_all()
         finally:
             self.n = saved_n
+        if pipe["saturation"]["images_per_s"] > 1.2 * lim["images_per_s"]:
+            raise RuntimeError("ResNet50 pipeline faster than its own limit: the wrong bundle was loaded")
         return {"limit": lim, "pipeline": pipe, "bundle": bundle.version}
 
     async def run(self) -> dict:
