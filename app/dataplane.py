@@ -94,6 +94,12 @@ class DataPlane:
         preds = await self.rt.db.get_predictions(image_id, model_version or row["bundle_version"])
         return self._render(row, preds, trace)
 
+    async def image(self, raw_id: str) -> tuple[bytes, str]:
+        row = await self.rt.db.get_image(parse_image_id(raw_id))
+        if row is None or not row["object_key"]:
+            raise NotFound("no such image", code="image_not_found")
+        return await self.rt.store.get(row["object_key"]), row["content_type"] or "application/octet-stream"
+
     def _render(self, row, preds, trace: bool) -> dict:
         by_name = {p["classifier"]: p for p in preds}
         status = "failed" if row["status"] == "failed" else (

@@ -187,17 +187,8 @@ async def dashboard(request: web.Request) -> web.Response:
 
 async def image(request: web.Request) -> web.Response:
     """The stored image bytes (for dashboard thumbnails)."""
-    dp = request.app[DATAPLANE]
-    from app.dataplane import parse_image_id
-
-    row = await dp.rt.db.get_image(parse_image_id(request.match_info["image_id"]))
-    if row is None or not row["object_key"]:
-        from app.errors import NotFound
-
-        raise NotFound("no such image", code="image_not_found")
-    data = await dp.rt.store.get(row["object_key"])
-    return web.Response(body=data, content_type=row["content_type"] or "application/octet-stream",
-                        headers={"Cache-Control": "max-age=86400"})
+    data, content_type = await request.app[DATAPLANE].image(request.match_info["image_id"])
+    return web.Response(body=data, content_type=content_type, headers={"Cache-Control": "max-age=86400"})
 
 
 def setup(app: web.Application, dataplane: DataPlane, settings: Settings) -> None:

@@ -4,7 +4,6 @@ image through the page, wait for its three predictions to appear, keep a screens
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 

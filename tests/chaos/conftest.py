@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 import uuid
-from pathlib import Path
 
 import aiohttp
 import asyncpg

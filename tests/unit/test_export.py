@@ -61,7 +61,6 @@ def test_resnet50_random_init_is_recorded(tmp_path, export_python):
 
 
 def _photo() -> Path:
-    from sklearn.datasets import load_sample_images  # noqa: F401 - ships flower.jpg and china.jpg
     import sklearn.datasets
 
     return Path(sklearn.datasets.__file__).parent / "images" / "flower.jpg"
