@@ -114,7 +114,11 @@ def _register_one(app: faust.App, runtime: Runtime, name: str, settings) -> None
         await runtime.ready.wait()
         await runtime.wait_bundle()
         async for events in stream.take_events(settings.classify_batch_size, within=settings.classify_batch_within):
-            await process_batch(runtime, name, list(events))
+            batch = list(events)
+            # Retried whole on any error (rows are ON CONFLICT DO NOTHING): a crashed agent's batch
+            # would be acked by Faust and lost for this classifier.
+            await dead_letter.retry_forever(f"classifier-{name} batch", lambda: process_batch(runtime, name, batch),
+                                            stage=f"classifier-{name}")
 
     classify.__name__ = classify.__qualname__ = f"classifier_{name}"
     app.agent(runtime.topics.features, name=f"classifier-{name}")(classify)

@@ -46,7 +46,12 @@ async def send(runtime: Runtime, stage: str, event, error: ImgstreamError, **ids
 
 
 async def retry_forever(what: str, coro_fn, *, stage: str, base: float = 0.5, cap: float = 10.0):
-    """Run ``coro_fn()`` until it succeeds while a dependency is down: Kafka keeps the backlog."""
+    """Run ``coro_fn()`` until it succeeds while a dependency is down: Kafka keeps the backlog.
+
+    An error that is not a known outage is retried too (logged with its traceback): raising it
+    would crash the agent, and Faust acks a crashed batch's events on the way out, which would
+    lose them for this stage.
+    """
     delay = base
     while True:
         try:
@@ -54,18 +59,23 @@ async def retry_forever(what: str, coro_fn, *, stage: str, base: float = 0.5, ca
         except (ServiceUnavailable, *PG_DOWN) as exc:
             MESSAGES.labels(stage, "retried", "").inc()
             log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, cap)
+        except ImgstreamError:
+            raise  # a permanent refusal (bad input, unknown bundle): the caller dead-letters it
+        except Exception:
+            MESSAGES.labels(stage, "retried", "").inc()
+            log.exception("%s failed unexpectedly; retrying in %.1fs", what, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, cap)
 
 
 async def sweep(runtime: Runtime) -> int:
     """Re-publish accepted images that never got a prediction (anti-entropy).
 
     Kafka and the agents are at-least-once, but a message can still go missing on the way (a
-    rebalance right after a worker crash was seen to skip one; an upload accepted while the event
-    was produced to a partition whose data was then lost). Every accepted upload has a row in
-    PostgreSQL, so the sweeper finds the ones left behind and sends their event again; the
-    descriptor table and the primary key make a repeat harmless.
+    rebalance right after a worker crash was seen to skip one). Every accepted upload has a row in
+    PostgreSQL, so the sweeper finds the ones still missing predictions and sends their event
+    again; the descriptor table and the primary key make a repeat harmless (classifiers that
+    already wrote their row skip it).
     """
     from app.messages import ImageUploaded
 

@@ -155,4 +155,8 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
         await runtime.ready.wait()
         await runtime.wait_bundle()
         async for events in stream.take_events(settings.extract_batch_size, within=settings.extract_batch_within):
-            await process_batch(runtime, table, list(events))
+            batch = list(events)
+            # Never let the agent crash: Faust acks a crashed batch's events. Retrying the whole
+            # batch is safe (table writes and descriptor messages are idempotent downstream).
+            await dead_letter.retry_forever("extractor batch", lambda: process_batch(runtime, table, batch),
+                                            stage=STAGE)

@@ -17,8 +17,11 @@ import asyncpg
 from app.errors import ServiceUnavailable
 from app.settings import Settings
 
-PG_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncio.TimeoutError,
-           asyncpg.CannotConnectNowError)
+# Errors that mean "PostgreSQL is (going) away", retried by the agents: connection failures, the
+# server shutting down under a query (AdminShutdown, CrashShutdown), refusing connections while
+# starting, or out of connection slots.
+PG_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+           asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,21 +163,24 @@ class Database:
             ) if rows else []
         return len(inserted)
 
-    async def stalled(self, older_than_s: float, limit: int = 500) -> list[asyncpg.Record]:
-        """Accepted images with no prediction at all and no failure after ``older_than_s`` seconds
-        (and not re-sent within that time): candidates for the sweeper. Marks them re-sent."""
+    async def stalled(self, older_than_s: float, limit: int = 500, max_resends: int = 5) -> list[asyncpg.Record]:
+        """Accepted images still missing predictions from some of the three classifiers (for their
+        bundle version) and not failed after ``older_than_s`` seconds, and not re-sent within that
+        time or more than ``max_resends`` times: the sweeper's work. Marks them re-sent."""
         return await self.pool.fetch(
             """UPDATE images SET resent_at = now(), resent_count = resent_count + 1
                WHERE image_id IN (
                  SELECT i.image_id FROM images i
                  WHERE i.status = 'pending' AND i.accepted_at < now() - make_interval(secs => $1)
                    AND (i.resent_at IS NULL OR i.resent_at < now() - make_interval(secs => $1))
+                   AND i.resent_count < $3
                    AND i.object_key IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.image_id = i.image_id)
+                   AND (SELECT count(DISTINCT p.classifier) FROM predictions p WHERE p.image_id = i.image_id
+                          AND (i.bundle_version IS NULL OR p.model_version = i.bundle_version)) < 3
                  ORDER BY i.accepted_at LIMIT $2
                  FOR UPDATE SKIP LOCKED)
                RETURNING image_id, object_key, sha256, size, content_type, uploaded_at""",
-            float(older_than_s), limit,
+            float(older_than_s), limit, max_resends,
         )
 
     # --- reads ---------------------------------------------------------------------------------
