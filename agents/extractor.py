@@ -19,7 +19,7 @@ import faust
 import numpy as np
 
 from agents import dead_letter
-from app.errors import ImgstreamError, InvalidImage, NotFound, Unprocessable
+from app.errors import ImgstreamError, NotFound, Unprocessable
 from app.messages import ImageUploaded, Trace, encode_descriptors
 from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
 from app.runtime import Runtime
@@ -70,7 +70,6 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         items.append(Item(event, msg, now))
 
     # 1. the descriptor table answers repeats of the same bytes (same sha256, same bundle)
-    first_of: dict[str, Item] = {}
     todo: list[Item] = []
     for item in items:
         hit = table.get(item.msg.sha256)
@@ -80,40 +79,37 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
                 item.descriptors, item.cached = desc, True
                 CACHE.labels("hit").inc()
                 continue
-        if item.msg.sha256 in first_of:  # the same bytes twice in one batch: extract once
-            item.cached = True
-            CACHE.labels("hit").inc()
-            continue
-        CACHE.labels("miss").inc()
-        first_of[item.msg.sha256] = item
         todo.append(item)
 
-    # 2. fetch + decode concurrently; refuse what cannot be decoded
+    # 2. fetch + decode concurrently (each item its own object); refuse what cannot be decoded
     started = time.perf_counter()
     sem = asyncio.Semaphore(runtime.settings.fetch_concurrency)
     results = await asyncio.gather(*(fetch_and_decode(runtime, it, sem) for it in todo), return_exceptions=True)
-    good: list[Item] = []
-    failed: dict[str, ImgstreamError] = {}
+    first_of: dict[str, Item] = {}
     for item, res in zip(todo, results, strict=True):
         if isinstance(res, BaseException):
             if isinstance(res, NotFound):
                 res = Unprocessable(f"object {item.msg.object_key} is gone", code="object_missing")
-            if not isinstance(res, (InvalidImage, ImgstreamError)):
+            if not isinstance(res, ImgstreamError):
                 raise res
             await dead_letter.send(runtime, STAGE, item.event, res, image_id=item.msg.image_id,
                                    object_key=item.msg.object_key, sha256=item.msg.sha256,
                                    uploaded_at=item.msg.uploaded_at)
             counts["dead_lettered"] += 1
-            failed[item.msg.sha256] = res
             item.dead = True
-            continue
-        good.append(item)
+        elif item.msg.sha256 in first_of:  # the same bytes twice in one batch: extract once
+            item.cached, item.pixels = True, None
+            CACHE.labels("hit").inc()
+        else:
+            first_of[item.msg.sha256] = item
+            CACHE.labels("miss").inc()
 
     # 3. one ONNX call for the batch, then the reduction
-    if good:
-        batch = np.stack([it.pixels for it in good])
+    unique = list(first_of.values())
+    if unique:
+        batch = np.stack([it.pixels for it in unique])
         desc = await runtime.in_pool(runtime.onnx_pool, bundle.descriptors, batch)
-        for it, d in zip(good, desc, strict=True):
+        for it, d in zip(unique, desc, strict=True):
             it.descriptors, it.pixels = d, None
             with table_codec.event_context(it.event):
                 table[it.msg.sha256] = table_codec.pack(version, d)
@@ -126,12 +122,6 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         if item.dead:
             continue
         if item.descriptors is None:
-            if item.msg.sha256 in failed:  # a twin of a refused image in this batch
-                await dead_letter.send(runtime, STAGE, item.event, failed[item.msg.sha256],
-                                       image_id=item.msg.image_id, object_key=item.msg.object_key,
-                                       sha256=item.msg.sha256, uploaded_at=item.msg.uploaded_at)
-                counts["dead_lettered"] += 1
-                continue
             item.descriptors = first_of[item.msg.sha256].descriptors
         payload = encode_descriptors(UUID(item.msg.image_id), item.descriptors)
         trace = Trace(version, item.msg.uploaded_at, item.started, finished, item.cached)

@@ -45,7 +45,15 @@ def write(records: list[dict], path: Path) -> None:
         "consumer skipped one message of a partition it took over (offsets 18-19 had been processed by the "
         "killed worker, offset 20 was never delivered to the survivor, and the group's commit stayed at 18); "
         "before the sweeper existed that image was lost. A non-zero 're-sent' above means the sweeper, not the "
-        "stream, completed those images.",
+        "stream, completed those images (or re-sent images that were merely slow behind a backlog; repeats are "
+        "harmless).",
+        "",
+        "Two more losses these tests found and that are fixed: (1) an agent that raised (PostgreSQL's "
+        "AdminShutdown error during a shutdown was not counted as an outage) crashed, and Faust acks a crashed "
+        "batch's events on the way out — agents now retry the whole batch on any error and never crash; (2) when "
+        "a client retried the same bytes after a 503, the extractor treated the accepted retry as a twin of the "
+        "refused upload in the same micro-batch and dead-lettered it with its twin's 'object is gone' — each item "
+        "now fetches its own object and only the ONNX run is shared.",
         "",
         "Bad input (truncated and corrupted JPEGs, zero bytes, a 20000x20000 decompression bomb, a non-image "
         "with an image content type, a body over the limit, malformed JSON on every JSON endpoint) is covered "
