@@ -18,7 +18,7 @@ up: setup
 down:
 	imgstream stack down
 
-# A full model (all 50,000 images, ~10 min on 2 cores) unless one is already published.
+# A full model (all 50,000 images, ~12 min on 2 cores: measured 736 s) unless one is already published.
 bundle: up
 	@imgstream models list 2>/dev/null | grep -q eff || imgstream models train --data $(DATA) --docs docs/MODELS.md
 

@@ -126,9 +126,10 @@ def markdown(r: dict, png_name: str) -> str:
                   "|---|---|---|"]
         for w, v in sc.items():
             lines.append(f"| {w} | {_f(v)} | {_f(v / sc['1'], '.2f')} |")
-        lines += ["", "On a 2-core machine both workers share the same two cores the ONNX session already "
-                      "saturates, so a second process cannot add compute here; it adds fault tolerance (see "
-                      "docs/RELIABILITY.md). On a machine with more cores, partitions spread the extractor.", ""]
+        lines += ["", "On this 2-core machine both workers share the same two cores with each other, the broker, "
+                      "PostgreSQL, the S3 server and the load generator, so a second process adds no compute here; "
+                      "it adds fault tolerance (see docs/RELIABILITY.md). With more cores, partitions spread the "
+                      "extractor over processes.", ""]
     lines += ["## 7. Memory: peak RSS", "", "| process | peak RSS (MB) | original budget |", "|---|---|---|",
               f"| imgstream worker, every role | {_f(im['peak_rss_mb'], '.0f')} | 2048 + 3 x 512 |"]
     for role, v in r.get("roles_rss_mb", {}).items():
