@@ -118,7 +118,7 @@ def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    "{task.fields[rate]}", TimeRemainingColumn(), console=console, transient=False)
+                    "{task.fields[rate]}", TimeRemainingColumn(), console=Console(stderr=True), transient=False)
 
 
 def _task_factory(progress, description: str):

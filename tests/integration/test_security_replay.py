@@ -147,3 +147,19 @@ async def test_replay_reclassifies_history_with_a_new_bundle(stack, dataset, sam
     again = subprocess.run([sys.executable, "-m", "app.cli", "replay", "--model-version", new],
                            capture_output=True, text=True, timeout=600, env={**__import__("os").environ, **env})
     assert '"rows_inserted": 0' in again.stdout
+
+
+def test_models_evaluate_prints_json_per_classifier(stack, dataset):
+    import json
+
+    from tests.workers import pinned_bundle
+
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "models", "evaluate", "--bundle", pinned_bundle(),
+                           "--data", str(dataset), "--limit-per-class", "3"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["images"] == 30 and set(result["classifiers"]) == {"fast", "balanced", "accurate"}
+    for c in result["classifiers"].values():
+        assert 0 <= c["top1"] <= 1 and 0 <= c["ece"] <= 1 and 0 <= c["macro_f1"] <= 1
+        assert c["latency_one"]["p99_ms"] > 0 and c["latency_batch256"]["p50_ms"] > 0
