@@ -117,7 +117,8 @@ def markdown(r: dict, png_name: str) -> str:
         b = r["before"]
         lines.append(f"| original 'before' design (full {_f(b['message_bytes_mean'], '.0f')}-byte images through Kafka, "
                      f"a backbone in each of 3 classifier services) | {_f(b['images_per_s'])} | "
-                     f"{_f(b['images_per_s'] / sat, '.2f')} | not measured |")
+                     f"{_f(b['images_per_s'] / sat, '.2f')} | p50 {_f(b.get('latency_p50_ms'))} ms, p99 "
+                     f"{_f(b.get('latency_p99_ms'))} ms (produce confirmed -> 3rd prediction) |")
     lines += ["", "The 'before' peer is fed straight into Kafka (no HTTP, no S3), which favours it. The synchronous "
                   "peer does no micro-batching across requests: each request runs the backbone on one image.", ""]
     if "scaling" in r:

@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -224,7 +225,7 @@ class Bench:
         self.stop_all()
         return out
 
-    async def before_peer(self, images: Images, n: int) -> dict:
+    async def before_peer(self, images: Images, n: int, rate: float) -> dict:
         tag = f"before-{self.run_id}"
         topic = f"bench-{self.run_id}-before-images"
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
@@ -246,11 +247,34 @@ class Bench:
         try:
             await asyncio.gather(*[producer.send_and_wait(topic, b, key=i.bytes) for i, b in zip(ids, batch,
                                                                                                   strict=True)])
+            await load.wait_rows(self.dsn, [str(i) for i in ids], 3, timeout=600, model_version=tag)
+            seconds = time.perf_counter() - t
+            # latency at the same offered load as imgstream's 10 % point: Poisson sends, each image's
+            # time from its send being confirmed to its third prediction committed
+            sent_at: dict[uuid.UUID, float] = {}
+            rng = random.Random(1)
+            ol_images = images.take(int(rate * 20 * 1.5) + 5)
+            start, tt, pending = time.time(), 0.0, []
+            for b in ol_images:
+                tt += rng.expovariate(rate)
+                if tt > 20:
+                    break
+                await asyncio.sleep(max(0.0, start + tt - time.time()))
+                i = uuid.uuid4()
+
+                async def send(i=i, b=b):
+                    await producer.send_and_wait(topic, b, key=i.bytes)
+                    sent_at[i] = time.time()
+
+                pending.append(asyncio.create_task(send()))
+            await asyncio.gather(*pending)
         finally:
             await producer.stop()
-        await load.wait_rows(self.dsn, [str(i) for i in ids], 3, timeout=600, model_version=tag)
-        seconds = time.perf_counter() - t
+        await load.wait_rows(self.dsn, [str(i) for i in sent_at], 3, timeout=300, model_version=tag)
+        done = await _done_times(self.dsn, list(sent_at), tag)
+        lat = [done[i] - sent_at[i] for i in sent_at if i in done]
         out = {"images": n, "images_per_s": n / seconds, "message_bytes_mean": float(np.mean(sizes)),
+               "rate": rate, "latency_p50_ms": 1000 * load.pct(lat, 50), "latency_p99_ms": 1000 * load.pct(lat, 99),
                "peak_rss_mb_per_classifier": {c: p.peak_rss_mb() for c, p in zip(("fast", "balanced", "accurate"),
                                                                                   procs, strict=True)}}
         self.stop_all()
@@ -331,7 +355,7 @@ class Bench:
             self.log("5a. peer: synchronous HTTP service")
             self.result["sync"] = await self.sync_peer(images, 0.1 * sat)
             self.log("5b. peer: the original 'before' design")
-            self.result["before"] = await self.before_peer(images, 60 if self.quick else 240)
+            self.result["before"] = await self.before_peer(images, 60 if self.quick else 240, 0.1 * sat)
             if not self.quick:
                 self.log("6. scaling: 1 vs 2 workers")
                 self.result["scaling"] = await self.scaling(images)
@@ -371,6 +395,18 @@ async def _pipeline_rows(dsn: str, ids: list[str]) -> dict[str, list[float]]:
     for r in rows:
         out.setdefault(r["classifier"], []).append(r["latency_ms"])
     return out
+
+
+async def _done_times(dsn: str, ids: list[uuid.UUID], tag: str) -> dict[uuid.UUID, float]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT image_id, max(created_at) AS done FROM predictions WHERE image_id = ANY($1::uuid[]) "
+                                "AND model_version = $2 GROUP BY image_id HAVING count(*) = 3", ids, tag)
+    finally:
+        await conn.close()
+    return {r["image_id"]: r["done"].timestamp() for r in rows}
 
 
 async def _wait_line(path: Path, text: str, proc: Proc, timeout: float = 120) -> None:
