@@ -10,7 +10,6 @@ that cannot be decoded (or whose object is gone) is dead-lettered; the batch goe
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from uuid import UUID
@@ -26,7 +25,6 @@ from app.runtime import Runtime
 from models.preprocess import preprocess
 from tables import descriptors as table_codec
 
-log = logging.getLogger("imgstream.extractor")
 STAGE = "extractor"
 
 
@@ -132,8 +130,6 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
     await asyncio.gather(*sends)
     MESSAGES.labels(STAGE, "ok", version).inc(counts["published"])
     MESSAGES.labels(STAGE, "dead_lettered", version).inc(counts["dead_lettered"])
-    for item in items:
-        log.debug("extracted", extra={"image_id": item.msg.image_id, "cached": item.cached})
     return counts
 
 

@@ -20,10 +20,10 @@ from app.errors import BadRequest, ImgstreamError, ModelError, NotFound, Service
 from app.messages import ImageUploaded
 from app.metrics import UPLOADS
 from app.runtime import Runtime
+from app.settings import CLASSIFIERS
 from models.preprocess import EXTENSIONS, FORMATS, decode, preprocess, probe
 
 log = logging.getLogger("imgstream.dataplane")
-CLASSIFIERS = ("fast", "balanced", "accurate")
 
 
 def parse_image_id(raw: str) -> uuid.UUID:

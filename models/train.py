@@ -55,19 +55,20 @@ def extract(source: Path, samples: list[data.Sample], extractor: FeatureExtracto
     def prep(chunk):
         return [index[s.path] for s, _ in chunk], np.stack([preprocess(b, extractor.spec) for _, b in chunk])
 
-    with ThreadPoolExecutor(1) as pool:
-        pending = None
+    def chunks():
         chunk: list = []
         for item in data.read_samples(source, samples):
             chunk.append(item)
             if len(chunk) == batch:
-                nxt = pool.submit(prep, chunk)
+                yield chunk
                 chunk = []
-                if pending is not None:
-                    _run(pending, extractor, out, advance)
-                pending = nxt
         if chunk:
-            nxt = pool.submit(prep, chunk)
+            yield chunk
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for chunk in chunks():
+            nxt = pool.submit(prep, chunk)  # decode the next batch while ONNX runs this one
             if pending is not None:
                 _run(pending, extractor, out, advance)
             pending = nxt

@@ -30,6 +30,12 @@ def _run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+def _apt_install(package: str) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update", "-q"], "apt-get update", env=env)
+    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], f"installing {package}", env=env)
+
+
 def _health(coro_fn) -> str | None:
     """Run an async health check; None when healthy, else the reason."""
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # polling a starting broker is noisy
@@ -179,10 +185,7 @@ class Postgres(Service):
 
     def install(self) -> None:
         if self.bindir() is None:
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            _run(["apt-get", "update", "-q"], "apt-get update", env=env)
-            _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-                 "installing PostgreSQL", env=env)
+            _apt_install("postgresql")
         # Debian's cluster (if any) is not ours; we run a private one.
 
     def _as_owner(self) -> list[str]:
@@ -338,10 +341,7 @@ class Prometheus(Service):
 
     def install(self) -> None:
         if shutil.which("prometheus") is None:
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            _run(["apt-get", "update", "-q"], "apt-get update", env=env)
-            _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-                 "installing Prometheus", env=env)
+            _apt_install("prometheus")
 
     def launch(self) -> None:
         config = self.dir / "prometheus.yml"

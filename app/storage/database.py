@@ -134,20 +134,21 @@ class Database:
         """Upsert the images' progress and insert predictions in one transaction. Returns rows inserted."""
         progress = sorted(progress, key=lambda p: p.image_id)  # one lock order across classifiers
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                """INSERT INTO images (image_id, uploaded_at, extract_started_at, extract_finished_at,
-                                       extract_cached, bundle_version)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (image_id) DO UPDATE SET
-                     uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at),
-                     extract_started_at = COALESCE(images.extract_started_at, EXCLUDED.extract_started_at),
-                     extract_finished_at = COALESCE(images.extract_finished_at, EXCLUDED.extract_finished_at),
-                     extract_cached = COALESCE(images.extract_cached, EXCLUDED.extract_cached),
-                     bundle_version = COALESCE(images.bundle_version, EXCLUDED.bundle_version)
-                   WHERE images.bundle_version IS NULL OR images.extract_started_at IS NULL""",
-                [(p.image_id, p.uploaded_at, p.extract_started_at, p.extract_finished_at, p.extract_cached,
-                  p.bundle_version) for p in progress],
-            )
+            if progress:
+                await conn.executemany(
+                    """INSERT INTO images (image_id, uploaded_at, extract_started_at, extract_finished_at,
+                                           extract_cached, bundle_version)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (image_id) DO UPDATE SET
+                         uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at),
+                         extract_started_at = COALESCE(images.extract_started_at, EXCLUDED.extract_started_at),
+                         extract_finished_at = COALESCE(images.extract_finished_at, EXCLUDED.extract_finished_at),
+                         extract_cached = COALESCE(images.extract_cached, EXCLUDED.extract_cached),
+                         bundle_version = COALESCE(images.bundle_version, EXCLUDED.bundle_version)
+                       WHERE images.bundle_version IS NULL OR images.extract_started_at IS NULL""",
+                    [(p.image_id, p.uploaded_at, p.extract_started_at, p.extract_finished_at, p.extract_cached,
+                      p.bundle_version) for p in progress],
+                )
             cols = 7
             values = ", ".join(
                 "(" + ", ".join(f"${i * cols + j + 1}" for j in range(cols)) + ")" for i in range(len(rows))
