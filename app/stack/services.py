@@ -307,8 +307,10 @@ class ObjectStoreServer(Service):
         data.mkdir(parents=True, exist_ok=True)
         meta.mkdir(parents=True, exist_ok=True)
         # Credentials travel in the environment, never on the command line (visible in ps).
+        # --keep-alive: versitygw answers every request with "Connection: close" otherwise, and a
+        # new TCP connection per object cost both sides measurable CPU (docs/BENCHMARKS.md).
         self.proc.start(
-            [str(self.binary), "--port", self.address, "--quiet", "posix", "--sidecar", str(meta), str(data)],
+            [str(self.binary), "--port", self.address, "--quiet", "--keep-alive", "posix", "--sidecar", str(meta), str(data)],
             env={"ROOT_ACCESS_KEY_ID": self.settings.s3_access_key.get_secret_value(),
                  "ROOT_SECRET_ACCESS_KEY": self.settings.s3_secret_key.get_secret_value(),
                  "VGW_REGION": self.settings.s3_region},
