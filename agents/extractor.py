@@ -136,7 +136,10 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
 def register(app: faust.App, runtime: Runtime, table) -> None:
     settings = runtime.settings
 
-    @app.agent(runtime.topics.input, name="extractor")
+    # concurrency > 1 overlaps fetch/decode/publish of one batch with inference of another, and
+    # runs batches' ONNX calls side by side (settings.worker_ort_threads each). Faust commits an offset only once every
+    # offset below it is acked, so a batch finishing early never commits past one still running.
+    @app.agent(runtime.topics.input, name="extractor", concurrency=settings.extract_concurrency)
     async def extractor(stream):
         await runtime.ready.wait()
         await runtime.wait_bundle()

@@ -74,8 +74,9 @@ class Runtime:
         self._bundle: Bundle | None = None
         self._other_bundles: dict[str, Bundle] = {}
         self.bundle_error = "model bundle not loaded yet"
-        # ONNX runs one batch at a time (it uses every core itself); decoding and LightGBM get their own.
-        self.onnx_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
+        # One ONNX call per extractor batch in flight (IMGSTREAM_EXTRACT_CONCURRENCY), each with
+        # settings.worker_ort_threads intra-op threads; decoding and LightGBM get their own threads.
+        self.onnx_pool = ThreadPoolExecutor(settings.extract_concurrency, thread_name_prefix="onnx")
         self.decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.predict_pool = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self._tasks: list[asyncio.Task] = []
@@ -132,7 +133,7 @@ class Runtime:
                 path = await registry.fetch(self.store, self.settings.bundle_version, self.settings.bundles_dir)
                 bundle = await asyncio.get_running_loop().run_in_executor(
                     self.onnx_pool,
-                    lambda: Bundle.load(path, extractor=self.needs_extractor, threads=self.settings.ort_threads),
+                    lambda: Bundle.load(path, extractor=self.needs_extractor, threads=self.settings.worker_ort_threads),
                 )
                 self._bundle = bundle
                 BUNDLE.labels(bundle.version, bundle.manifest["backbone"], str(bundle.k)).set(1)

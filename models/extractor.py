@@ -15,6 +15,7 @@ class FeatureExtractor:
     def __init__(self, onnx_path: Path, backbone: str, threads: int = 0, providers: list[str] | None = None,
                  spin: bool = False) -> None:
         self.spec: BackboneSpec = BACKBONES[backbone]
+        self.threads = threads  # 0 = onnxruntime's default (one per physical core)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
