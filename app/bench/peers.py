@@ -30,13 +30,13 @@ from models.bundle import Bundle
 from models.preprocess import decode, preprocess, probe
 
 
-async def _load(settings: Settings) -> tuple[Bundle, ObjectStore, Database]:
+async def _load(settings: Settings, threads: int) -> tuple[Bundle, ObjectStore, Database]:
     store = ObjectStore(settings)
     await store.start()
     path = await registry.fetch(store, settings.bundle_version, settings.bundles_dir)
     db = Database(settings)
     await db.start()
-    return Bundle.load(path, threads=settings.ort_threads), store, db
+    return Bundle.load(path, threads=threads), store, db
 
 
 def _rows(bundle: Bundle, image_id, x, names, version, latency_ms) -> list[PredictionRow]:
@@ -49,8 +49,9 @@ def _rows(bundle: Bundle, image_id, x, names, version, latency_ms) -> list[Predi
 
 
 async def sync_server(settings: Settings, port: int) -> None:
-    bundle, store, db = await _load(settings)
-    pool = ThreadPoolExecutor(1)
+    # the same ONNX configuration as imgstream's extractor: that many requests computed at once
+    bundle, store, db = await _load(settings, settings.worker_ort_threads)
+    pool = ThreadPoolExecutor(settings.extract_concurrency)
     version = f"sync-{bundle.version}"
 
     async def upload(request: web.Request) -> web.Response:
@@ -85,7 +86,8 @@ async def sync_server(settings: Settings, port: int) -> None:
 async def before_classifier(settings: Settings, topic: str, name: str, tag: str, batch: int) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    bundle, store, db = await _load(settings)
+    # each classifier service as the original design had it: its own backbone on every core
+    bundle, store, db = await _load(settings, settings.ort_threads)
     pool = ThreadPoolExecutor(1)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{tag}-{name}",
                                 auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=batch)

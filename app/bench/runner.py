@@ -33,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app import registry
 from app.bench import load
+from app.bench.cpu import CpuMeter, local_service_pids
 from app.messages import ImageUploaded
 from app.settings import Settings
 from app.storage.objectstore import ObjectStore
@@ -153,32 +154,50 @@ class Bench:
         self.procs.clear()
 
     # --- phases ---------------------------------------------------------------------------------
-    def limit(self, bundle: Bundle, images: list[bytes], batch: int) -> dict:
-        """Bare onnxruntime: decode + preprocess + inference, the extractor's batch size and threads."""
+    def limit(self, bundle: Bundle, images: list[bytes], batch: int, parallel: int) -> dict:
+        """Bare onnxruntime: decode + preprocess + inference with the extractor's configuration —
+        its batch size, ``parallel`` batches at once (IMGSTREAM_EXTRACT_CONCURRENCY) and the
+        bundle's intra-op threads."""
+        from concurrent.futures import ThreadPoolExecutor
+
         spec = bundle.extractor.spec
+
+        def one(i: int) -> None:
+            bundle.descriptors(np.stack([preprocess(b, spec) for b in images[i:i + batch]]))
 
         def once() -> float:
             t = time.perf_counter()
-            for i in range(0, len(images), batch):
-                bundle.descriptors(np.stack([preprocess(b, spec) for b in images[i:i + batch]]))
+            with ThreadPoolExecutor(parallel) as pool:
+                list(pool.map(one, range(0, len(images), batch)))
             return len(images) / (time.perf_counter() - t)
 
         once()  # warm-up
+        cpu = time.process_time()
         rate = max(once(), once())
+        cpu_ms = 1000 * (time.process_time() - cpu) / (2 * len(images))
         single = []
         for b in images[:50]:
             t = time.perf_counter()
             bundle.descriptors(preprocess(b, spec)[None])
             single.append(time.perf_counter() - t)
-        return {"images_per_s": rate, "batch": batch, "single_image_p50_ms": 1000 * load.pct(single, 50)}
+        return {"images_per_s": rate, "batch": batch, "parallel_batches": parallel,
+                "intra_op_threads": bundle.extractor.threads, "cpu_ms_per_image": cpu_ms,
+                "single_image_p50_ms": 1000 * load.pct(single, 50)}
 
-    async def saturate(self, url: str, images: list[bytes], concurrency: int = 32) -> dict:
+    async def saturate(self, url: str, images: list[bytes], concurrency: int = 32,
+                       cpu_parts: dict[str, int] | None = None) -> dict:
+        meter = CpuMeter(cpu_parts) if cpu_parts else None
+        if meter:
+            meter.start()
         t = time.perf_counter()
         res = await load.closed_loop(f"{url}/upload", images, concurrency)
         await load.wait_rows(self.dsn, res.ids, 3, timeout=300)
         seconds = time.perf_counter() - t
-        return {"images": res.accepted, "seconds": seconds, "images_per_s": res.accepted / seconds, "ids": res.ids,
-                "responses": res.responses}
+        out = {"images": res.accepted, "seconds": seconds, "images_per_s": res.accepted / seconds, "ids": res.ids,
+               "responses": res.responses}
+        if meter:
+            out["cpu"] = meter.stop(res.accepted)
+        return out
 
     async def open_loop(self, url: str, images: list[bytes], rate: float, duration: float) -> dict:
         res = await load.open_loop(f"{url}/upload", images, rate, duration)
@@ -192,7 +211,8 @@ class Bench:
         env = self.env(tag, **bundle_env)
         proc, url = await self.worker(env, f"{tag}-worker")
         await self.saturate(url, images.take(32))  # warm-up: JIT, connections, batch shapes
-        sat = await self.saturate(url, images.take(self.n))
+        sat = await self.saturate(url, images.take(self.n),
+                                  cpu_parts={"worker": proc.p.pid, **local_service_pids(self.settings)})
         out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": []}
         rows = await _pipeline_rows(self.dsn, sat["ids"])
         out["classifier_p99_ms"] = {c: load.pct(v, 99) for c, v in rows.items()}
@@ -319,9 +339,9 @@ class Bench:
         s = Settings(s3_bucket=bucket)
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, "latest", s.bundles_dir)
-        bundle = Bundle.load(path, threads=self.settings.ort_threads)
+        bundle = Bundle.load(path, threads=self.settings.worker_ort_threads)
         env["IMGSTREAM_BUNDLE_VERSION"] = bundle.version  # never the EfficientNet bundle pinned for the run
-        lim = self.limit(bundle, images.take(64), self.settings.extract_batch_size)
+        lim = self.limit(bundle, images.take(64), self.settings.extract_batch_size, self.settings.extract_concurrency)
         saved_n, self.n = self.n, 160
         try:
             pipe = await self.pipeline("resnet", env, images, levels=False)
@@ -342,12 +362,17 @@ class Bench:
         images = Images(self.source, 2400 if self.quick else 9000)
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, s.bundle_version, s.bundles_dir)
-        bundle = Bundle.load(path, threads=s.ort_threads)
+        bundle = Bundle.load(path, threads=s.worker_ort_threads)
         self.result["bundle"] = {"version": bundle.version, "backbone": bundle.manifest["backbone"], "k": bundle.k}
         try:
             self.log("1. the limit: bare onnxruntime")
-            self.result["limit"] = self.limit(bundle, images.take(256), s.extract_batch_size)
-            self.log(f"   {self.result['limit']['images_per_s']:.1f} images/s")
+            lim_images = images.take(256)
+            self.result["limit"] = self.limit(bundle, lim_images, s.extract_batch_size, s.extract_concurrency)
+            # for reference: onnxruntime's default (every core on one batch), one batch at a time
+            self.result["limit_ort_default"] = self.limit(Bundle.load(path, threads=0), lim_images,
+                                                          s.extract_batch_size, 1)
+            self.log(f"   {self.result['limit']['images_per_s']:.1f} images/s "
+                     f"(onnxruntime defaults: {self.result['limit_ort_default']['images_per_s']:.1f})")
             self.log("2-4. imgstream: saturation, open-loop latency, sizes")
             self.result["imgstream"] = await self.pipeline("main", {}, images)
             sat = self.result["imgstream"]["saturation"]["images_per_s"]

@@ -25,3 +25,9 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     assert [o["fraction"] for o in result["imgstream"]["open_loop"]] == [0.1, 0.5, 0.8]
     assert all(o["accepted"] == o["sent"] for o in result["imgstream"]["open_loop"])
     assert result["before"]["images"] == 60 and result["sync"]["images_per_s"] > 0
+    # the CPU budget covers the worker and every local service, and explains the ratio
+    cpu = result["imgstream"]["saturation"]["cpu"]
+    assert {"worker", "kafka", "postgres", "s3", "load generator (bench process)"} <= set(cpu["ms_per_image"])
+    assert cpu["ms_per_image"]["worker"] > 0 and cpu["total_ms_per_image"] >= cpu["ms_per_image"]["worker"]
+    assert "Where the CPU went" in text
+    assert result["limit"]["parallel_batches"] >= 1 and result["limit"]["cpu_ms_per_image"] > 0
