@@ -74,9 +74,9 @@ class Runtime:
         self._bundle: Bundle | None = None
         self._other_bundles: dict[str, Bundle] = {}
         self.bundle_error = "model bundle not loaded yet"
-        # One ONNX call per extractor batch in flight (IMGSTREAM_EXTRACT_CONCURRENCY), each with
+        # One thread per side-by-side ONNX call of a batch (IMGSTREAM_ONNX_PARALLEL), each with
         # settings.worker_ort_threads intra-op threads; decoding and LightGBM get their own threads.
-        self.onnx_pool = ThreadPoolExecutor(settings.extract_concurrency, thread_name_prefix="onnx")
+        self.onnx_pool = ThreadPoolExecutor(settings.onnx_parallel, thread_name_prefix="onnx")
         self.decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.predict_pool = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self._tasks: list[asyncio.Task] = []

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     descriptor_k: int = Field(20, ge=2, le=256)
     """Number of descriptors per image produced by the reduction step."""
     ort_threads: int = Field(0, ge=0)
-    """onnxruntime intra-op threads per batch (0 = in workers cores / IMGSTREAM_EXTRACT_CONCURRENCY,
+    """onnxruntime intra-op threads per batch (0 = in workers cores / IMGSTREAM_ONNX_PARALLEL,
     at least 1; in training and evaluation every core)."""
 
     # --- pipeline ------------------------------------------------------------------------------
@@ -101,9 +101,9 @@ class Settings(BaseSettings):
     """Extractor micro-batch size: stream.take(n, ...)."""
     extract_batch_within: float = Field(0.005, gt=0)
     """Extractor micro-batch wait in seconds: stream.take(..., within=t)."""
-    extract_concurrency: int = Field(2, ge=1)
-    """Extractor batches in flight per worker (Faust agent concurrency): while one batch is in
-    the backbone, the next is fetched and decoded, and the last is published."""
+    onnx_parallel: int = Field(2, ge=1)
+    """ONNX calls side by side per extractor batch: the batch is split into this many chunks, each
+    run on its own thread (with cores / this many intra-op threads unless IMGSTREAM_ORT_THREADS)."""
     local_object_cache_mb: int = Field(64, ge=0)
     """Uploads kept in memory (LRU, MB) so an extractor in the same worker skips the S3 GET (0 = off)."""
     fetch_concurrency: int = Field(16, ge=1)
@@ -130,10 +130,10 @@ class Settings(BaseSettings):
 
     @property
     def worker_ort_threads(self) -> int:
-        """Intra-op threads of each of the extractor's concurrent ONNX calls: one batch per core
-        by default (one thread each beats two threads sharing a batch by ~15 % on 2 cores, and
-        suffers less when the event loop takes a core; docs/BENCHMARKS.md)."""
-        return self.ort_threads or max(1, (os.cpu_count() or 1) // self.extract_concurrency)
+        """Intra-op threads of each of the extractor's side-by-side ONNX calls: one chunk per core
+        by default (one thread per chunk beat every core on the whole batch by ~15 % bare on 2
+        cores, and suffers less when the event loop takes a core; docs/BENCHMARKS.md)."""
+        return self.ort_threads or max(1, (os.cpu_count() or 1) // self.onnx_parallel)
 
     @property
     def bundles_dir(self) -> Path:

@@ -51,7 +51,7 @@ def _rows(bundle: Bundle, image_id, x, names, version, latency_ms) -> list[Predi
 async def sync_server(settings: Settings, port: int) -> None:
     # the same ONNX configuration as imgstream's extractor: that many requests computed at once
     bundle, store, db = await _load(settings, settings.worker_ort_threads)
-    pool = ThreadPoolExecutor(settings.extract_concurrency)
+    pool = ThreadPoolExecutor(settings.onnx_parallel)
     version = f"sync-{bundle.version}"
 
     async def upload(request: web.Request) -> web.Response:

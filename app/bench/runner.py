@@ -31,7 +31,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app import registry
+from app import broker, registry
 from app.bench import load
 from app.bench.cpu import CpuMeter, local_service_pids
 from app.messages import ImageUploaded
@@ -155,20 +155,23 @@ class Bench:
 
     # --- phases ---------------------------------------------------------------------------------
     def limit(self, bundle: Bundle, images: list[bytes], batch: int, parallel: int) -> dict:
-        """Bare onnxruntime: decode + preprocess + inference with the extractor's configuration —
-        its batch size, ``parallel`` batches at once (IMGSTREAM_EXTRACT_CONCURRENCY) and the
-        bundle's intra-op threads."""
+        """Bare onnxruntime: decode + preprocess + inference as the extractor does it — batches of
+        ``batch``, each split into ``parallel`` chunks run side by side (IMGSTREAM_ONNX_PARALLEL)
+        with the bundle's intra-op threads — and nothing else running."""
         from concurrent.futures import ThreadPoolExecutor
+
+        from agents.extractor import split_chunks
 
         spec = bundle.extractor.spec
 
-        def one(i: int) -> None:
-            bundle.descriptors(np.stack([preprocess(b, spec) for b in images[i:i + batch]]))
+        def chunk(part: list[bytes]) -> None:
+            bundle.descriptors(np.stack([preprocess(b, spec) for b in part]))
 
         def once() -> float:
             t = time.perf_counter()
             with ThreadPoolExecutor(parallel) as pool:
-                list(pool.map(one, range(0, len(images), batch)))
+                for i in range(0, len(images), batch):
+                    list(pool.map(chunk, split_chunks(images[i:i + batch], parallel)))
             return len(images) / (time.perf_counter() - t)
 
         once()  # warm-up
@@ -180,9 +183,23 @@ class Bench:
             t = time.perf_counter()
             bundle.descriptors(preprocess(b, spec)[None])
             single.append(time.perf_counter() - t)
-        return {"images_per_s": rate, "batch": batch, "parallel_batches": parallel,
+        return {"images_per_s": rate, "batch": batch, "parallel_chunks": parallel,
                 "intra_op_threads": bundle.extractor.threads, "cpu_ms_per_image": cpu_ms,
                 "single_image_p50_ms": 1000 * load.pct(single, 50)}
+
+    def limits(self, path: Path, images: list[bytes]) -> dict:
+        """The limit is the better of two bare configurations, so a configuration that suits the
+        pipeline can never lower the bar: the extractor's own (batch size, chunks side by side,
+        intra-op threads) and onnxruntime's defaults (every core on one whole batch). The
+        single-image latency is always the extractor's configuration."""
+        s = self.settings
+        ext = self.limit(Bundle.load(path, threads=s.worker_ort_threads), images, s.extract_batch_size,
+                         s.onnx_parallel)
+        dflt = self.limit(Bundle.load(path, threads=0), images, s.extract_batch_size, 1)
+        best = max((ext, dflt), key=lambda lim: lim["images_per_s"])
+        return {"images_per_s": best["images_per_s"], "basis": "extractor" if best is ext else "ort_default",
+                "batch": s.extract_batch_size, "cpu_ms_per_image": best["cpu_ms_per_image"],
+                "single_image_p50_ms": ext["single_image_p50_ms"], "extractor": ext, "ort_default": dflt}
 
     async def saturate(self, url: str, images: list[bytes], concurrency: int = 32,
                        cpu_parts: dict[str, int] | None = None) -> dict:
@@ -339,9 +356,9 @@ class Bench:
         s = Settings(s3_bucket=bucket)
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, "latest", s.bundles_dir)
-        bundle = Bundle.load(path, threads=self.settings.worker_ort_threads)
+        bundle = Bundle.load(path, extractor=False)
         env["IMGSTREAM_BUNDLE_VERSION"] = bundle.version  # never the EfficientNet bundle pinned for the run
-        lim = self.limit(bundle, images.take(64), self.settings.extract_batch_size, self.settings.extract_concurrency)
+        lim = self.limits(path, images.take(128))
         saved_n, self.n = self.n, 160
         try:
             pipe = await self.pipeline("resnet", env, images, levels=False)
@@ -362,17 +379,13 @@ class Bench:
         images = Images(self.source, 2400 if self.quick else 9000)
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, s.bundle_version, s.bundles_dir)
-        bundle = Bundle.load(path, threads=s.worker_ort_threads)
+        bundle = Bundle.load(path, extractor=False)
         self.result["bundle"] = {"version": bundle.version, "backbone": bundle.manifest["backbone"], "k": bundle.k}
         try:
             self.log("1. the limit: bare onnxruntime")
-            lim_images = images.take(256)
-            self.result["limit"] = self.limit(bundle, lim_images, s.extract_batch_size, s.extract_concurrency)
-            # for reference: onnxruntime's default (every core on one batch), one batch at a time
-            self.result["limit_ort_default"] = self.limit(Bundle.load(path, threads=0), lim_images,
-                                                          s.extract_batch_size, 1)
-            self.log(f"   {self.result['limit']['images_per_s']:.1f} images/s "
-                     f"(onnxruntime defaults: {self.result['limit_ort_default']['images_per_s']:.1f})")
+            lim = self.result["limit"] = self.limits(path, images.take(256))
+            self.log(f"   {lim['images_per_s']:.1f} images/s (extractor's configuration "
+                     f"{lim['extractor']['images_per_s']:.1f}, onnxruntime defaults {lim['ort_default']['images_per_s']:.1f})")
             self.log("2-4. imgstream: saturation, open-loop latency, sizes")
             self.result["imgstream"] = await self.pipeline("main", {}, images)
             sat = self.result["imgstream"]["saturation"]["images_per_s"]
@@ -391,6 +404,7 @@ class Bench:
             self.result["gpu"] = gpu_note()
         finally:
             self.stop_all()
+            await broker.delete_topics(s, f"bench-{self.run_id}-")
         self.result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         return self.result
 

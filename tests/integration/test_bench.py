@@ -30,4 +30,6 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     assert {"worker", "kafka", "postgres", "s3", "load generator (bench process)"} <= set(cpu["ms_per_image"])
     assert cpu["ms_per_image"]["worker"] > 0 and cpu["total_ms_per_image"] >= cpu["ms_per_image"]["worker"]
     assert "Where the CPU went" in text
-    assert result["limit"]["parallel_batches"] >= 1 and result["limit"]["cpu_ms_per_image"] > 0
+    lim = result["limit"]
+    assert lim["images_per_s"] == max(lim["extractor"]["images_per_s"], lim["ort_default"]["images_per_s"])
+    assert lim["extractor"]["parallel_chunks"] >= 1 and lim["cpu_ms_per_image"] > 0
