@@ -35,14 +35,17 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Settings:
-    """The running local stack, checked for real (not mocked)."""
+def stack(settings: Settings):
+    """The running local stack, checked for real (not mocked). At the end of the session the
+    tests' private topics (``test-*``) are deleted, so the broker does not pile up partitions."""
+    from app import broker
     from app import stack as local_stack
 
     bad = [(name, health) for name, _, health in local_stack.status(settings) if health != "healthy"]
     if bad:
         missing(f"services not healthy: {bad}; run `imgstream stack up`")
-    return settings
+    yield settings
+    run(broker.delete_topics(settings, "test-"))
 
 
 @pytest.fixture
