@@ -49,11 +49,12 @@ async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore)
     item.pixels = await runtime.in_pool(runtime.decode_pool, preprocess, data, spec, runtime.settings.max_pixels)
 
 
-def split_chunks(items: list, parts: int) -> list[list]:
-    """``items`` in at most ``parts`` contiguous chunks of near-equal size, in order."""
+def split_chunks(items: list, parts: int, min_size: int = 2) -> list[list]:
+    """``items`` in at most ``parts`` contiguous chunks of near-equal size and at least
+    ``min_size`` items each (one chunk when there are fewer), in order."""
     if not items:
         return []
-    parts = max(1, min(parts, len(items)))
+    parts = max(1, min(parts, len(items) // max(1, min_size)))
     size, extra = divmod(len(items), parts)
     out, start = [], 0
     for i in range(parts):
@@ -119,9 +120,11 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
     # 3. the backbone and the reduction: the batch in IMGSTREAM_ONNX_PARALLEL chunks side by side
     unique = list(first_of.values())
     if unique:
+        # a batch too small to split (low load) runs whole on the every-core session instead
         chunks = split_chunks(unique, runtime.settings.onnx_parallel)
+        wide = len(chunks) == 1
         outs = await asyncio.gather(*(runtime.in_pool(runtime.onnx_pool, bundle.descriptors,
-                                                      np.stack([it.pixels for it in chunk])) for chunk in chunks))
+                                                      np.stack([it.pixels for it in chunk]), wide) for chunk in chunks))
         desc = np.concatenate(outs)
         for it, d in zip(unique, desc, strict=True):
             it.descriptors, it.pixels = d, None

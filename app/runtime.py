@@ -133,7 +133,8 @@ class Runtime:
                 path = await registry.fetch(self.store, self.settings.bundle_version, self.settings.bundles_dir)
                 bundle = await asyncio.get_running_loop().run_in_executor(
                     self.onnx_pool,
-                    lambda: Bundle.load(path, extractor=self.needs_extractor, threads=self.settings.worker_ort_threads),
+                    lambda: Bundle.load(path, extractor=self.needs_extractor, threads=self.settings.worker_ort_threads,
+                                        wide_threads=self.settings.worker_wide_threads),
                 )
                 self._bundle = bundle
                 BUNDLE.labels(bundle.version, bundle.manifest["backbone"], str(bundle.k)).set(1)

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         return self.ort_threads or max(1, (os.cpu_count() or 1) // self.onnx_parallel)
 
     @property
+    def worker_wide_threads(self) -> int | None:
+        """Intra-op threads of the extractor's second ONNX session, for batches too small to
+        split (low load): every core (0). None when batches are never split (no second session)."""
+        return 0 if self.onnx_parallel > 1 else None
+
+    @property
     def bundles_dir(self) -> Path:
         return self.state_dir / "bundles"
 

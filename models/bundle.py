@@ -43,7 +43,8 @@ class Bundle:
         return self.reducer.k
 
     @classmethod
-    def load(cls, path: Path, *, extractor: bool = True, threads: int = 0, providers: list[str] | None = None) -> Bundle:
+    def load(cls, path: Path, *, extractor: bool = True, threads: int = 0, providers: list[str] | None = None,
+             wide_threads: int | None = None) -> Bundle:
         path = Path(path)
         missing = [f for f in FILES if not (path / f).exists() and (extractor or f != "backbone.onnx")]
         if missing:
@@ -53,20 +54,21 @@ class Bundle:
             name: Classifier.load(path, name, manifest["classifiers"][name]["temperature"], manifest["labels"])
             for name in CLASSIFIER_NAMES
         }
-        ext = FeatureExtractor(path / "backbone.onnx", manifest["backbone"], threads, providers) if extractor else None
+        ext = (FeatureExtractor(path / "backbone.onnx", manifest["backbone"], threads, providers, wide_threads=wide_threads)
+               if extractor else None)
         reducer = Reducer.load(path / "reducer.npz")
         if reducer.k != manifest["k"]:
             raise ModelError(f"bundle {path}: reducer has k={reducer.k}, manifest says {manifest['k']}")
         return cls(path, manifest, reducer, clfs, ext)
 
-    def features(self, batch: np.ndarray) -> np.ndarray:
+    def features(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
         if self.extractor is None:
             raise ModelError("bundle loaded without its backbone")
-        return self.extractor.run(batch)
+        return self.extractor.run(batch, wide)
 
-    def descriptors(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed (N, 3, S, S) batch -> (N, k) float32 descriptors."""
-        return self.reducer.transform(self.features(batch))
+    def descriptors(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
+        """Preprocessed (N, 3, S, S) batch -> (N, k) float32 descriptors (``wide``: on every core)."""
+        return self.reducer.transform(self.features(batch, wide))
 
     def predict(self, classifier: str, descriptors: np.ndarray) -> np.ndarray:
         """(N, k) -> (N, classes) calibrated probabilities."""

@@ -30,13 +30,13 @@ from models.bundle import Bundle
 from models.preprocess import decode, preprocess, probe
 
 
-async def _load(settings: Settings, threads: int) -> tuple[Bundle, ObjectStore, Database]:
+async def _load(settings: Settings, threads: int, wide_threads: int | None = None) -> tuple[Bundle, ObjectStore, Database]:
     store = ObjectStore(settings)
     await store.start()
     path = await registry.fetch(store, settings.bundle_version, settings.bundles_dir)
     db = Database(settings)
     await db.start()
-    return Bundle.load(path, threads=threads), store, db
+    return Bundle.load(path, threads=threads, wide_threads=wide_threads), store, db
 
 
 def _rows(bundle: Bundle, image_id, x, names, version, latency_ms) -> list[PredictionRow]:
@@ -49,10 +49,12 @@ def _rows(bundle: Bundle, image_id, x, names, version, latency_ms) -> list[Predi
 
 
 async def sync_server(settings: Settings, port: int) -> None:
-    # the same ONNX configuration as imgstream's extractor: that many requests computed at once
-    bundle, store, db = await _load(settings, settings.worker_ort_threads)
+    # the same ONNX configuration as imgstream's extractor: that many requests computed at once,
+    # each on one core; a request alone in flight gets every core (the wide session)
+    bundle, store, db = await _load(settings, settings.worker_ort_threads, settings.worker_wide_threads)
     pool = ThreadPoolExecutor(settings.onnx_parallel)
     version = f"sync-{bundle.version}"
+    in_flight = 0
 
     async def upload(request: web.Request) -> web.Response:
         body = await request.read()
@@ -61,15 +63,20 @@ async def sync_server(settings: Settings, port: int) -> None:
         image_id = uuid.uuid4()
         key = f"bench-sync/{image_id}.jpg"
 
-        def compute():
+        def compute(wide: bool):
             decode(body, settings.max_pixels)
             x = preprocess(body, bundle.extractor.spec)[None]
-            d = bundle.descriptors(x)
+            d = bundle.descriptors(x, wide)
             return d, _rows(bundle, image_id, d, CLASSIFIERS, version, 0.0)
 
+        nonlocal in_flight
         await store.put(key, body, "image/jpeg")
         t1 = datetime.now(UTC)
-        _, rows = await asyncio.get_running_loop().run_in_executor(pool, compute)
+        in_flight += 1
+        try:
+            _, rows = await asyncio.get_running_loop().run_in_executor(pool, compute, in_flight == 1)
+        finally:
+            in_flight -= 1
         t2 = datetime.now(UTC)
         await db.write_predictions([ImageProgress(image_id, t0, t1, t2, False, version)], rows)
         return web.json_response({"image_id": str(image_id), "labels": {r.classifier: r.label for r in rows}})

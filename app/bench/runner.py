@@ -164,14 +164,15 @@ class Bench:
 
         spec = bundle.extractor.spec
 
-        def chunk(part: list[bytes]) -> None:
-            bundle.descriptors(np.stack([preprocess(b, spec) for b in part]))
+        def chunk(part: list[bytes], wide: bool) -> None:
+            bundle.descriptors(np.stack([preprocess(b, spec) for b in part]), wide)
 
         def once() -> float:
             t = time.perf_counter()
             with ThreadPoolExecutor(parallel) as pool:
                 for i in range(0, len(images), batch):
-                    list(pool.map(chunk, split_chunks(images[i:i + batch], parallel)))
+                    parts = split_chunks(images[i:i + batch], parallel)
+                    list(pool.map(chunk, parts, [len(parts) == 1] * len(parts)))
             return len(images) / (time.perf_counter() - t)
 
         once()  # warm-up
@@ -181,7 +182,7 @@ class Bench:
         single = []
         for b in images[:50]:
             t = time.perf_counter()
-            bundle.descriptors(preprocess(b, spec)[None])
+            bundle.descriptors(preprocess(b, spec)[None], wide=True)
             single.append(time.perf_counter() - t)
         return {"images_per_s": rate, "batch": batch, "parallel_chunks": parallel,
                 "intra_op_threads": bundle.extractor.threads, "cpu_ms_per_image": cpu_ms,
@@ -193,8 +194,8 @@ class Bench:
         intra-op threads) and onnxruntime's defaults (every core on one whole batch). The
         single-image latency is always the extractor's configuration."""
         s = self.settings
-        ext = self.limit(Bundle.load(path, threads=s.worker_ort_threads), images, s.extract_batch_size,
-                         s.onnx_parallel)
+        ext = self.limit(Bundle.load(path, threads=s.worker_ort_threads, wide_threads=s.worker_wide_threads), images,
+                         s.extract_batch_size, s.onnx_parallel)
         dflt = self.limit(Bundle.load(path, threads=0), images, s.extract_batch_size, 1)
         best = max((ext, dflt), key=lambda lim: lim["images_per_s"])
         return {"images_per_s": best["images_per_s"], "basis": "extractor" if best is ext else "ort_default",
