@@ -45,7 +45,8 @@ def stack(settings: Settings):
     if bad:
         missing(f"services not healthy: {bad}; run `imgstream stack up`")
     yield settings
-    run(broker.delete_topics(settings, "test-"))
+    if not os.environ.get("IMGSTREAM_KEEP_TEST_TOPICS"):  # keep them to look into a failure
+        run(broker.delete_topics(settings, "test-"))
 
 
 @pytest.fixture
