@@ -9,9 +9,9 @@ import time
 from uuid import UUID
 
 import faust
-import msgspec
 
-from app.errors import ImgstreamError, ServiceUnavailable
+from app.errors import ImgstreamError, ServiceUnavailable, Unprocessable
+from app.messages import DeadLetter, ImageUploaded
 from app.metrics import DEAD_LETTERED, MESSAGES, RESENT
 from app.runtime import Runtime
 from app.storage.database import PG_DOWN
@@ -19,27 +19,12 @@ from app.storage.database import PG_DOWN
 log = logging.getLogger("imgstream.dead_letter")
 
 
-class DeadLetter(msgspec.Struct, frozen=True):
-    stage: str
-    code: str
-    reason: str
-    topic: str
-    partition: int
-    offset: int
-    failed_at: float
-    image_id: str | None = None
-    object_key: str | None = None
-    sha256: str | None = None
-    uploaded_at: float | None = None
-    original: bytes | None = None  # the refused message value (when it could not be parsed)
-
-
 async def send(runtime: Runtime, stage: str, event, error: ImgstreamError, **ids) -> None:
     msg = event.message
     letter = DeadLetter(stage=stage, code=error.code, reason=error.message, topic=msg.topic,
                         partition=msg.partition, offset=msg.offset, failed_at=time.time(), **ids)
     key = (ids.get("image_id") or f"{msg.topic}:{msg.partition}:{msg.offset}").encode()
-    await runtime.send(runtime.topics.dead_letter, key, msgspec.json.encode(letter))
+    await runtime.send(runtime.topics.dead_letter, key, letter.dumps())
     DEAD_LETTERED.labels(stage, error.code).inc()
     log.warning("dead-lettered %s message: %s", stage, error.message,
                 extra={"image_id": ids.get("image_id"), "code": error.code})
@@ -77,8 +62,6 @@ async def sweep(runtime: Runtime) -> int:
     again; the descriptor table and the primary key make a repeat harmless (classifiers that
     already wrote their row skip it).
     """
-    from app.messages import ImageUploaded
-
     rows = await runtime.db.stalled(runtime.settings.resend_after_s)
     for r in rows:
         msg = ImageUploaded(str(r["image_id"]), r["object_key"], r["sha256"], r["size"] or 0,
@@ -106,13 +89,13 @@ def register(app: faust.App, runtime: Runtime) -> None:
         await runtime.ready.wait()
         async for event in stream.events():
             try:
-                letter = msgspec.json.decode(event.value, type=DeadLetter)
-                image_id = UUID(letter.image_id) if letter.image_id else None
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                letter = DeadLetter.loads(event.value)
+            except Unprocessable:
                 log.error("unreadable dead letter at %s:%s", event.message.partition, event.message.offset)
                 continue
-            if image_id is None:
+            if not letter.image_id:
                 continue
+            image_id = UUID(letter.image_id)
             await retry_forever(
                 "marking image failed",
                 lambda: runtime.db.mark_failed(image_id, f"{letter.code}: {letter.reason}", letter.object_key,

@@ -10,6 +10,9 @@ the descriptor table is co-partitioned with it.
     bytes 17-    k float32 descriptors, little endian      -> 97 bytes for k = 20
 
 Timings and the bundle version ride in Kafka headers (``Trace``), so the payload stays small.
+
+``images-dead-letter``: ``DeadLetter`` as JSON — the refusing stage, the reason, where the refused
+message sat, and the image's ids when they could be read.
 """
 
 from __future__ import annotations
@@ -46,6 +49,34 @@ class ImageUploaded(msgspec.Struct, frozen=True):
             return msg
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             raise Unprocessable(f"malformed upload event: {exc}", code="malformed_message") from exc
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    stage: str
+    code: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    failed_at: float
+    image_id: str | None = None
+    object_key: str | None = None
+    sha256: str | None = None
+    uploaded_at: float | None = None
+    original: bytes | None = None  # the refused message value (when it could not be parsed)
+
+    def dumps(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def loads(cls, raw: bytes) -> DeadLetter:
+        try:
+            letter = msgspec.json.decode(raw, type=cls)
+            if letter.image_id:
+                UUID(letter.image_id)
+            return letter
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
+            raise Unprocessable(f"malformed dead letter: {exc}", code="malformed_message") from exc
 
 
 def encode_descriptors(image_id: UUID, descriptors: np.ndarray) -> bytes:

@@ -14,28 +14,16 @@ from models.preprocess import preprocess
 class FeatureExtractor:
     """One ONNX session with ``threads`` intra-op threads, and optionally a second, "wide" one
     with ``wide_threads`` (0 = every core) for calls too small to split across threads: a single
-    image on one thread takes ~1.3x (EfficientNet-Lite0) to ~1.6x (ResNet50) longer."""
+    image on one thread took 1.1-1.3x (EfficientNet-Lite0) and ~1.5x (ResNet50) longer on 2 cores."""
 
     def __init__(self, onnx_path: Path, backbone: str, threads: int = 0, providers: list[str] | None = None,
                  spin: bool = False, wide_threads: int | None = None) -> None:
         self.spec: BackboneSpec = BACKBONES[backbone]
         self.threads = threads  # 0 = onnxruntime's default (one per physical core)
-        self.input = ""
-        self.session = self._session(onnx_path, threads, providers, spin)
-        self.wide = (self._session(onnx_path, wide_threads, providers, spin)
+        self.session = _session(onnx_path, threads, providers, spin)
+        self.wide = (_session(onnx_path, wide_threads, providers, spin)
                      if wide_threads is not None and wide_threads != threads else self.session)
-
-    def _session(self, onnx_path: Path, threads: int, providers: list[str] | None, spin: bool):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between ops: in a worker the event loop, decoding and LightGBM share the
-        # cores with ONNX, and spinning threads would take their time.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if not spin else "1")
-        session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
-        self.input = session.get_inputs()[0].name
-        return session
+        self.input = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, F) float32; ``wide`` runs it on the every-core session."""
@@ -44,3 +32,14 @@ class FeatureExtractor:
 
     def from_bytes(self, images: list[bytes], max_pixels: int = 40_000_000) -> np.ndarray:
         return self.run(np.stack([preprocess(b, self.spec, max_pixels) for b in images]))
+
+
+def _session(onnx_path: Path, threads: int, providers: list[str] | None, spin: bool) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between ops: in a worker the event loop, decoding and LightGBM share the
+    # cores with ONNX, and spinning threads would take their time.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if not spin else "1")
+    return ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])

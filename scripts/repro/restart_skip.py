@@ -14,6 +14,7 @@ Prints how many of the 120 images got predictions (expected 120). Intermittent: 
 first run on 2026-11-26, 120 of 120 in the next three; the chaos tests' sweeper counts (docs/
 RELIABILITY.md) are the steadier signal: 0-207 re-sent images per kill test run that day.
 """
+
 import asyncio
 import os
 import sys
@@ -23,33 +24,57 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("IMGSTREAM_S3_BUCKET", "imgstream-test")
-import aiohttp, asyncpg
-from tests.workers import Worker, isolated_env
-from app.settings import Settings
-from models import data
+
+import aiohttp  # noqa: E402
+import asyncpg  # noqa: E402
+
+from app.settings import Settings  # noqa: E402
+from models import data  # noqa: E402
+from tests.workers import Worker, isolated_env  # noqa: E402
+
 DATA = Path(os.environ.get("IMGSTREAM_TEST_DATA", "../shared/datasets/cifar10/train.tar.gz"))
-samples = data.limit_per_class(data.list_samples(DATA), 30, seed=int(time.time()) % 1000)
-imgs = [b for _, b in data.read_samples(DATA, samples)][:200]
-env = isolated_env(uuid.uuid4().hex[:8])
-print(env["IMGSTREAM_APP_ID"])
-w = Worker(env, log_dir=Path("var/logs/repro")).start(); w.wait_healthy()
-async def upload(batch):
-    ids = []
+
+
+async def upload(url: str, images: list[bytes]) -> list[str]:
     async with aiohttp.ClientSession() as s:
-        async def one(b):
-            async with s.post(w.url + "/upload", data=b, headers={"Content-Type": "image/jpeg"}) as r:
-                ids.append((await r.json())["image_id"])
-        await asyncio.gather(*(one(b) for b in batch))
-    return ids
-ids = asyncio.run(upload(imgs[:120]))
-w.kill9(); time.sleep(1)
-w.start(); w.wait_healthy()
-async def count():
-    c = await asyncpg.connect(Settings().postgres_dsn.get_secret_value())
-    for _ in range(40):
-        n = await c.fetchval("select count(distinct image_id) from predictions where image_id = any($1::uuid[])", [uuid.UUID(i) for i in ids])
-        if n >= len(ids): break
-        await asyncio.sleep(1)
-    await c.close(); return n
-print("images with predictions after kill -9 + restart:", asyncio.run(count()), "of", len(ids))
-w.stop()
+        async def one(body: bytes) -> str:
+            async with s.post(f"{url}/upload", data=body, headers={"Content-Type": "image/jpeg"}) as r:
+                return (await r.json())["image_id"]
+
+        return await asyncio.gather(*(one(b) for b in images))
+
+
+async def completed(ids: list[str], timeout: float = 40) -> int:
+    conn = await asyncpg.connect(Settings().postgres_dsn.get_secret_value())
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            n = await conn.fetchval("SELECT count(DISTINCT image_id) FROM predictions WHERE image_id = ANY($1::uuid[])",
+                                    [uuid.UUID(i) for i in ids])
+            if n >= len(ids) or time.monotonic() > deadline:
+                return n
+            await asyncio.sleep(1)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    samples = data.limit_per_class(data.list_samples(DATA), 12, seed=int(time.time()) % 1000)
+    images = [b for _, b in data.read_samples(DATA, samples)][:120]
+    env = isolated_env(uuid.uuid4().hex[:8])
+    print(env["IMGSTREAM_APP_ID"])
+    worker = Worker(env, log_dir=Path("var/logs/repro")).start()
+    try:
+        worker.wait_healthy()
+        ids = asyncio.run(upload(worker.url, images))
+        worker.kill9()
+        time.sleep(1)
+        worker.start()
+        worker.wait_healthy()
+        print("images with predictions after kill -9 + restart:", asyncio.run(completed(ids)), "of", len(ids))
+    finally:
+        worker.stop()
+
+
+if __name__ == "__main__":
+    main()
