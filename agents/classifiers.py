@@ -17,6 +17,7 @@ import faust
 import numpy as np
 
 from agents import dead_letter
+from agents.policy import retry_outages, run_batch
 from app.errors import ModelError, Unprocessable
 from app.messages import Trace, decode_descriptors
 from app.metrics import BATCH_SIZE, COMPUTE_SECONDS, END_TO_END, MESSAGES, PREDICT_SECONDS, QUEUE_SECONDS
@@ -44,16 +45,16 @@ async def process_batch(runtime: Runtime, name: str, events: list) -> int:
         try:
             image_id, desc = decode_descriptors(event.value)
             trace = Trace.from_headers(event.headers)
-            bundle = await dead_letter.retry_forever(
+            bundle = await retry_outages(
                 f"loading bundle {trace.bundle_version}", lambda: runtime.classifiers_for(trace.bundle_version),
                 stage=stage)
             if desc.shape[0] != bundle.k:
                 raise Unprocessable(f"{desc.shape[0]} descriptors, bundle {bundle.version} expects {bundle.k}",
                                     code="wrong_descriptor_count")
         except (Unprocessable, ModelError) as exc:
-            # Only one of the three classifiers reports a poison message; all three skip it.
-            if name == "accurate":
-                await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
+            # Each classifier reports what it refused, whichever roles a deployment runs (the
+            # dead-letter agent's "mark failed" is idempotent).
+            await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
             continue
         QUEUE_SECONDS.labels(stage).observe(max(0.0, now - trace.extract_finished_at))
         groups.setdefault(bundle.version, []).append((image_id, desc, trace, bundle))
@@ -69,13 +70,14 @@ async def _classify(runtime: Runtime, name: str, stage: str, version: str, items
     traces = [i[2] for i in items]
     started = time.perf_counter()
     predictions = await predict_rows(bundle, runtime.predict_pool, name, ids, np.stack([i[1] for i in items]))
-    # The image's timeline is recorded once, by the fast classifier; the others only add rows.
+    # Every classifier records the image's timeline (the first write wins, later ones change
+    # nothing), so it is kept whichever classifier roles a deployment runs.
     progress = [
         ImageProgress(image_id, _dt(t.uploaded_at), _dt(t.extract_started_at), _dt(t.extract_finished_at), t.cached,
                       t.bundle_version)
         for image_id, t in zip(ids, traces, strict=True)
-    ] if name == "fast" else []
-    inserted = await dead_letter.retry_forever(
+    ]
+    inserted = await retry_outages(
         f"writing {len(predictions)} {name} predictions",
         lambda: runtime.db.write_predictions(progress, predictions), stage=stage,
     )
@@ -110,15 +112,17 @@ def register(app: faust.App, runtime: Runtime, names: list[str]) -> None:
 
 
 def _register_one(app: faust.App, runtime: Runtime, name: str, settings) -> None:
+    stage = f"classifier-{name}"
+
     async def classify(stream):
         await runtime.ready.wait()
         await runtime.wait_bundle()
         async for events in stream.take_events(settings.classify_batch_size, within=settings.classify_batch_within):
-            batch = list(events)
-            # Retried whole on any error (rows are ON CONFLICT DO NOTHING): a crashed agent's batch
-            # would be acked by Faust and lost for this classifier.
-            await dead_letter.retry_forever(f"classifier-{name} batch", lambda: process_batch(runtime, name, batch),
-                                            stage=f"classifier-{name}")
+            # agents/policy.py: outages retried without limit, a message that always fails isolated
+            # and dead-lettered (rows are idempotent, so re-running a batch is safe).
+            await run_batch(events, lambda batch: process_batch(runtime, name, batch), stage=stage,
+                            on_poison=lambda event, exc: dead_letter.send_poison(runtime, stage, event, exc),
+                            attempts=settings.poison_attempts)
 
     classify.__name__ = classify.__qualname__ = f"classifier_{name}"
     app.agent(runtime.topics.features, name=f"classifier-{name}")(classify)

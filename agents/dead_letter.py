@@ -3,18 +3,18 @@ marks the image ``failed`` in PostgreSQL. The stage that refused the message kee
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from uuid import UUID
 
 import faust
 
-from app.errors import ImgstreamError, ServiceUnavailable, Unprocessable
-from app.messages import DeadLetter, ImageUploaded
+from agents.policy import retry_outages
+from app import broker
+from app.errors import ImgstreamError, Unprocessable
+from app.messages import DeadLetter, ImageUploaded, decode_descriptors
 from app.metrics import DEAD_LETTERED, MESSAGES, RESENT
 from app.runtime import Runtime
-from app.storage.database import PG_DOWN
 
 log = logging.getLogger("imgstream.dead_letter")
 
@@ -30,44 +30,50 @@ async def send(runtime: Runtime, stage: str, event, error: ImgstreamError, **ids
                 extra={"image_id": ids.get("image_id"), "code": error.code})
 
 
-async def retry_forever(what: str, coro_fn, *, stage: str, base: float = 0.5, cap: float = 10.0):
-    """Run ``coro_fn()`` until it succeeds while a dependency is down: Kafka keeps the backlog.
+async def send_poison(runtime: Runtime, stage: str, event, error: BaseException) -> None:
+    """Dead-letter a message that the error policy isolated: it failed alone, every attempt."""
+    reason = error if isinstance(error, ImgstreamError) else Unprocessable(
+        f"{type(error).__name__}: {error}"[:500], code="poison_message")
+    ids = image_ids_of(event)
+    await send(runtime, stage, event, reason, original=bytes(event.value or b"")[:4096], **ids)
 
-    An error that is not a known outage is retried too (logged with its traceback): raising it
-    would crash the agent, and Faust acks a crashed batch's events on the way out, which would
-    lose them for this stage.
-    """
-    delay = base
-    while True:
-        try:
-            return await coro_fn()
-        except (ServiceUnavailable, *PG_DOWN) as exc:
-            MESSAGES.labels(stage, "retried", "").inc()
-            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-        except ImgstreamError:
-            raise  # a permanent refusal (bad input, unknown bundle): the caller dead-letters it
-        except Exception:
-            MESSAGES.labels(stage, "retried", "").inc()
-            log.exception("%s failed unexpectedly; retrying in %.1fs", what, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, cap)
+
+def image_ids_of(event) -> dict:
+    """The image id of an input or descriptor message, where it can be read."""
+    value = bytes(event.value or b"")
+    try:
+        msg = ImageUploaded.loads(value)
+        return {"image_id": msg.image_id, "object_key": msg.object_key, "sha256": msg.sha256,
+                "uploaded_at": msg.uploaded_at}
+    except Unprocessable:
+        pass
+    try:
+        image_id, _ = decode_descriptors(value)
+        return {"image_id": str(image_id)}
+    except Unprocessable:
+        return {}
 
 
 async def sweep(runtime: Runtime) -> int:
-    """Re-publish accepted images that never got a prediction (anti-entropy).
+    """Re-publish accepted images of this deployment that never got a prediction (anti-entropy).
 
-    Kafka and the agents are at-least-once, but a message can still go missing on the way (a
-    rebalance right after a worker crash was seen to skip one). Every accepted upload has a row in
-    PostgreSQL, so the sweeper finds the ones still missing predictions and sends their event
-    again; the descriptor table and the primary key make a repeat harmless (classifiers that
-    already wrote their row skip it).
+    A backstop only: the stream itself loses nothing on restarts and rebalances. An image is
+    re-sent only when the extractor's group has committed past its input offset without a result
+    (so a backlog still queued in Kafka is never fed twice), only for this deployment (app id,
+    bucket, input topic: another pipeline sharing the database is never touched), and at most
+    five times. The descriptor table and the primary key make a repeat harmless.
     """
-    rows = await runtime.db.stalled(runtime.settings.resend_after_s)
+    settings = runtime.settings
+    committed = await broker.committed_offsets(settings, settings.extractor_group_id, settings.input_topic)
+    if not committed:
+        return 0  # the extractor's group has committed nothing yet: everything is still queued
+    rows = await runtime.db.stalled(settings.deployment, settings.resend_after_s, committed)
     for r in rows:
         msg = ImageUploaded(str(r["image_id"]), r["object_key"], r["sha256"], r["size"] or 0,
                             r["content_type"] or "image/jpeg",
                             r["uploaded_at"].timestamp() if r["uploaded_at"] else time.time())
-        await runtime.send(runtime.topics.input, msg.sha256.encode(), msg.dumps())
+        meta = await runtime.send(runtime.topics.input, msg.sha256.encode(), msg.dumps())
+        await runtime.db.set_input_offset(r["image_id"], meta.partition, meta.offset)
         log.warning("re-published an accepted image with no prediction", extra={"image_id": msg.image_id})
     RESENT.inc(len(rows))
     return len(rows)
@@ -96,7 +102,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
             if not letter.image_id:
                 continue
             image_id = UUID(letter.image_id)
-            await retry_forever(
+            await retry_outages(
                 "marking image failed",
                 lambda: runtime.db.mark_failed(image_id, f"{letter.code}: {letter.reason}", letter.object_key,
                                                letter.sha256, _ts(letter.uploaded_at)),

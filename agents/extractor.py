@@ -18,6 +18,7 @@ import faust
 import numpy as np
 
 from agents import dead_letter
+from agents.policy import retry_outages, run_batch
 from app.errors import ImgstreamError, NotFound, Unprocessable
 from app.messages import ImageUploaded, Trace, encode_descriptors
 from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
@@ -43,8 +44,8 @@ async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore)
     data = runtime.recent_uploads.pop(item.msg.object_key)
     if data is None:
         async with sem:
-            data = await dead_letter.retry_forever(f"fetching {item.msg.object_key}",
-                                                   lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
+            data = await retry_outages(f"fetching {item.msg.object_key}",
+                                       lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
     spec = runtime.bundle.extractor.spec
     item.pixels = await runtime.in_pool(runtime.decode_pool, preprocess, data, spec, runtime.settings.max_pixels)
 
@@ -163,8 +164,9 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
         await runtime.ready.wait()
         await runtime.wait_bundle()
         async for events in stream.take_events(settings.extract_batch_size, within=settings.extract_batch_within):
-            batch = list(events)
-            # Never let the agent crash: Faust acks a crashed batch's events. Retrying the whole
-            # batch is safe (table writes and descriptor messages are idempotent downstream).
-            await dead_letter.retry_forever("extractor batch", lambda: process_batch(runtime, table, batch),
-                                            stage=STAGE)
+            # agents/policy.py: outages retried without limit, a message that always fails isolated
+            # and dead-lettered. Re-running a batch is safe (table writes and descriptor messages
+            # are idempotent downstream).
+            await run_batch(events, lambda batch: process_batch(runtime, table, batch), stage=STAGE,
+                            on_poison=lambda event, exc: dead_letter.send_poison(runtime, STAGE, event, exc),
+                            attempts=settings.poison_attempts)

@@ -111,3 +111,16 @@ async def consumer_lag(settings: Settings, group: str, topics: list[str]) -> dic
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """Offsets ``group`` has committed on ``topic``, per partition (partitions without a commit
+    are left out)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in committed.items()
+                if tp.topic == topic and meta is not None and meta.offset >= 0}
+    finally:
+        await admin.close()

@@ -21,6 +21,7 @@ from app.messages import ImageUploaded
 from app.metrics import UPLOADS
 from app.runtime import Runtime
 from app.settings import CLASSIFIERS
+from app.storage.database import UploadRecord
 from models.preprocess import EXTENSIONS, FORMATS, decode, preprocess, probe
 
 log = logging.getLogger("imgstream.dataplane")
@@ -65,18 +66,19 @@ class DataPlane:
         if self.rt.needs_extractor:
             self.rt.recent_uploads.put(key, body)
         try:
-            await self.rt.send(self.rt.topics.input, sha.encode(), msg.dumps())
+            meta = await self.rt.send(self.rt.topics.input, sha.encode(), msg.dumps())
         except ServiceUnavailable:
             self.rt.recent_uploads.pop(key)
             await self.rt.store.delete(key)  # nothing half-written: no event, no object
             raise
-        accepted = datetime.now(UTC)
+        record = UploadRecord(image_id, key, sha, len(body), FORMATS[fmt], now, datetime.now(UTC),
+                              self.settings.deployment, getattr(meta, "partition", None), getattr(meta, "offset", None))
         try:
-            await asyncio.wait_for(
-                self.rt.db.record_upload(image_id, key, sha, len(body), FORMATS[fmt], now, accepted), 2)
-        except Exception as exc:  # noqa: BLE001 - the event is accepted; classifiers create the row too
-            log.warning("upload recorded in Kafka but not yet in PostgreSQL: %s", exc,
-                        extra={"image_id": str(image_id)})
+            await asyncio.wait_for(self.rt.db.record_upload(record), 2)
+        except Exception as exc:  # noqa: BLE001 - accepted: the row is written as soon as PostgreSQL answers
+            log.warning("upload recorded in Kafka but not yet in PostgreSQL (%s); kept until it is",
+                        type(exc).__name__, extra={"image_id": str(image_id)})
+            self.rt.record_upload_later(record)
         UPLOADS.inc()
         log.debug("upload accepted", extra={"image_id": str(image_id), "bytes": len(body)})
         return {

@@ -13,11 +13,12 @@ from functools import lru_cache
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 
+from app import faust_patches
 from app.dataplane import DataPlane
 from app.logs import configure_logging, json_logging_config
 from app.metrics import REGISTRY
 from app.runtime import Runtime, service_for
-from app.settings import ROLES, Settings, get_settings
+from app.settings import Settings, get_settings
 
 
 class ImgstreamWorker(faust.Worker):
@@ -44,16 +45,12 @@ class ImgstreamApp(faust.App):
         api.setup(web.web_app, self.dataplane, self.imgstream_settings)
 
 
-def group_id(settings: Settings) -> str:
-    roles = settings.roles
-    return settings.app_id if set(roles) == set(ROLES) else f"{settings.app_id}-{'-'.join(sorted(roles))}"
-
-
 def create_app(settings: Settings) -> ImgstreamApp:
     configure_logging(settings)
+    faust_patches.apply()
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = ImgstreamApp(
-        group_id(settings),
+        settings.group_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         autodiscover=False,
@@ -71,7 +68,7 @@ def create_app(settings: Settings) -> ImgstreamApp:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_application_options={"client_max_size": settings.max_upload_bytes + (1 << 20)},
-        datadir=str((settings.state_dir / "faust" / group_id(settings)).resolve()),
+        datadir=str((settings.state_dir / "faust" / settings.group_id).resolve()),
         # With IMGSTREAM_LOG_JSON, Faust's and mode's own lines are JSON too (one formatter for all).
         logging_config=json_logging_config(settings) if settings.log_json else None,
         Worker=ImgstreamWorker,

@@ -64,3 +64,15 @@ RESENT = Counter(
     "imgstream_resent_total", "Accepted images re-published by the sweeper because they had no prediction "
     "after IMGSTREAM_RESEND_AFTER_S.", registry=REGISTRY,
 )
+UNRECORDED = Gauge(
+    "imgstream_uploads_unrecorded", "Accepted uploads whose row PostgreSQL has not taken yet (retried until it does).",
+    registry=REGISTRY,
+)
+DELETE_FAILED = Counter(
+    "imgstream_object_delete_failed_total", "Object deletions that failed (an object left behind in S3), by reason.",
+    ["reason"], registry=REGISTRY,
+)
+POISON = Counter(
+    "imgstream_poison_messages_total", "Messages isolated from a failing batch and dead-lettered, by stage.",
+    ["stage"], registry=REGISTRY,
+)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
 from mode import Service
 
-from app import broker, registry
+from app import broker, faust_patches, registry
 from app.errors import ModelError, ServiceUnavailable
-from app.metrics import BUNDLE, CONSUMER_LAG
+from app.metrics import BUNDLE, CONSUMER_LAG, UNRECORDED
 from app.settings import Settings
-from app.storage.database import Database
+from app.storage.database import Database, UploadRecord
 from app.storage.objectstore import ObjectStore
 from models.bundle import Bundle
 
@@ -80,6 +81,8 @@ class Runtime:
         self.decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.predict_pool = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self._tasks: list[asyncio.Task] = []
+        self.unrecorded: deque[UploadRecord] = deque()
+        self._recorder: asyncio.Task | None = None
 
     @property
     def needs_extractor(self) -> bool:
@@ -118,8 +121,12 @@ class Runtime:
         self.ready.set()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
+        if self.unrecorded:
+            log.error("stopping with %d accepted upload(s) not recorded in PostgreSQL (their predictions "
+                      "still arrive through Kafka; the sweeper cannot see them)", len(self.unrecorded))
+        for t in [*self._tasks, self._recorder]:
+            if t is not None:
+                t.cancel()
         await self.db.stop()
         await self.store.stop()
         for pool in (self.onnx_pool, self.decode_pool, self.predict_pool):
@@ -140,10 +147,11 @@ class Runtime:
                 BUNDLE.labels(bundle.version, bundle.manifest["backbone"], str(bundle.k)).set(1)
                 log.info("loaded model bundle %s (%s, k=%d)", bundle.version, bundle.manifest["backbone"], bundle.k)
             except Exception as exc:  # noqa: BLE001 - keep trying; health reports why
-                self.bundle_error = exc.message if isinstance(exc, (ModelError, ServiceUnavailable)) else repr(exc)
-                if not isinstance(exc, (ModelError, ServiceUnavailable)):
+                known = isinstance(exc, (ModelError, ServiceUnavailable))
+                self.bundle_error = exc.message if known else repr(exc)
+                if not known:  # a corrupt bundle, say: the traceback says where it broke
                     log.exception("loading the model bundle failed")
-                log.warning("model bundle not loaded: %s (retrying in %.0fs)", exc.message, delay)
+                log.warning("model bundle not loaded: %s (retrying in %.0fs)", self.bundle_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15)
 
@@ -158,13 +166,36 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - metrics must never take the worker down
                 log.debug("consumer lag unavailable: %s", exc)
 
-    async def send(self, topic: faust.TopicT, key: bytes, value: bytes, headers=None, timeout: float = 15.0) -> None:
-        """Produce and wait until the broker confirms (acks=all); ServiceUnavailable otherwise."""
+    async def send(self, topic: faust.TopicT, key: bytes, value: bytes, headers=None, timeout: float = 15.0):
+        """Produce and wait until the broker confirms (acks=all); returns the record's metadata
+        (partition, offset). ServiceUnavailable otherwise."""
         try:
             fut = await asyncio.wait_for(topic.send(key=key, value=value, headers=headers), timeout)
-            await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, timeout)
         except Exception as exc:  # noqa: BLE001 - any produce failure means "not confirmed"
             raise ServiceUnavailable(f"kafka unavailable: {type(exc).__name__}") from exc
+
+    def record_upload_later(self, record: UploadRecord) -> None:
+        """Keep an accepted upload's row for PostgreSQL and write it as soon as the database
+        answers: the sweeper (the backstop) only sees images that have their row."""
+        self.unrecorded.append(record)
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_uploads_forever(), name="record-uploads")
+
+    async def _record_uploads_forever(self, base: float = 0.5, cap: float = 10.0) -> None:
+        delay = base
+        while self.unrecorded:
+            try:
+                await self.db.record_upload(self.unrecorded[0])
+                self.unrecorded.popleft()
+                UNRECORDED.set(len(self.unrecorded))
+                delay = base
+            except Exception as exc:  # noqa: BLE001 - the database is away: try again
+                UNRECORDED.set(len(self.unrecorded))
+                log.warning("%d accepted upload(s) not yet recorded in PostgreSQL (%s); retrying in %.1fs",
+                            len(self.unrecorded), type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
 
     async def in_pool(self, pool: ThreadPoolExecutor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -174,6 +205,8 @@ def service_for(runtime: Runtime) -> type[Service]:
     class RuntimeService(Service):
         async def on_start(self) -> None:
             started = time.monotonic()
+            if runtime.settings.test_seek_delay_s:
+                faust_patches.widen_seek_window(runtime.app.consumer, runtime.settings.test_seek_delay_s)
             await runtime.start()
             log.info("runtime started in %.2fs (roles: %s)", time.monotonic() - started, ",".join(runtime.settings.roles))
 

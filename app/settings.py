@@ -114,8 +114,21 @@ class Settings(BaseSettings):
     """Classifier micro-batch wait in seconds."""
 
     resend_after_s: float = Field(60.0, ge=0)
-    """The sweeper (dead-letter role) re-publishes an accepted image that has no prediction after
-    this many seconds; 0 turns it off. Idempotent: the table and the primary key absorb repeats."""
+    """The sweeper (dead-letter role) re-publishes an accepted image of this deployment that has no
+    prediction after this many seconds and whose input offset the extractor's group has committed
+    past (an image still queued in Kafka is never re-sent); 0 turns it off. A backstop only: the
+    stream itself loses nothing on restarts and rebalances."""
+    extractor_group: str = ""
+    """Consumer group of the extractor, whose committed input offsets the sweeper compares with
+    each image's offset (empty: the group of this worker when it runs the extractor, else
+    <app_id>-extractor, the group of a worker that runs the extractor role alone)."""
+    poison_attempts: int = Field(3, ge=1)
+    """Attempts of a batch that fails with an error that is not an outage before it is split to
+    isolate the message(s) that fail, which are dead-lettered; outages (Kafka, PostgreSQL or S3
+    down) are retried without limit."""
+    test_seek_delay_s: float = Field(0.0, ge=0)
+    """Test-only: hold the consumer for this many seconds after it seeks to the committed offsets
+    on a rebalance, which makes Faust's recovery race deterministic (0 = off)."""
 
     # --- logging -------------------------------------------------------------------------------
     log_level: str = "INFO"
@@ -144,6 +157,26 @@ class Settings(BaseSettings):
     @property
     def bundles_dir(self) -> Path:
         return self.state_dir / "bundles"
+
+    @property
+    def group_id(self) -> str:
+        """This worker's consumer group: <app_id> with every role, <app_id>-<roles> otherwise, so
+        each stage scales on its own by partitions and processes."""
+        if set(self.roles) == set(ROLES):
+            return self.app_id
+        return f"{self.app_id}-{'-'.join(sorted(self.roles))}"
+
+    @property
+    def extractor_group_id(self) -> str:
+        if self.extractor_group:
+            return self.extractor_group
+        return self.group_id if "extractor" in self.roles else f"{self.app_id}-extractor"
+
+    @property
+    def deployment(self) -> str:
+        """What scopes an image's row to the pipeline that accepted it (app id, bucket, input
+        topic): two deployments sharing one database never touch each other's images."""
+        return f"{self.app_id}/{self.s3_bucket}/{self.input_topic}"
 
 
 def parse_roles(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -36,6 +36,22 @@ class PredictionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """An accepted upload: its object, the deployment that accepted it, and its input offset."""
+
+    image_id: UUID
+    object_key: str
+    sha256: str
+    size: int
+    content_type: str
+    uploaded_at: datetime
+    accepted_at: datetime
+    deployment: str
+    input_partition: int | None = None
+    input_offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ImageProgress:
     """What a classifier knows of an image's path so far (from the descriptor message)."""
 
@@ -109,16 +125,19 @@ class Database:
             raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
     # --- writes --------------------------------------------------------------------------------
-    async def record_upload(self, image_id: UUID, object_key: str, sha256: str, size: int,
-                            content_type: str, uploaded_at: datetime, accepted_at: datetime) -> None:
+    async def record_upload(self, r: UploadRecord) -> None:
         await self.pool.execute(
-            """INSERT INTO images (image_id, object_key, sha256, size, content_type, uploaded_at, accepted_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """INSERT INTO images (image_id, object_key, sha256, size, content_type, uploaded_at, accepted_at,
+                                   deployment, input_partition, input_offset)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                ON CONFLICT (image_id) DO UPDATE SET object_key = EXCLUDED.object_key,
                  sha256 = EXCLUDED.sha256, size = EXCLUDED.size, content_type = EXCLUDED.content_type,
                  uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at),
-                 accepted_at = EXCLUDED.accepted_at, updated_at = now()""",
-            image_id, object_key, sha256, size, content_type, uploaded_at, accepted_at,
+                 accepted_at = EXCLUDED.accepted_at, deployment = EXCLUDED.deployment,
+                 input_partition = EXCLUDED.input_partition, input_offset = EXCLUDED.input_offset,
+                 updated_at = now()""",
+            r.image_id, r.object_key, r.sha256, r.size, r.content_type, r.uploaded_at, r.accepted_at,
+            r.deployment, r.input_partition, r.input_offset,
         )
 
     async def mark_failed(self, image_id: UUID, reason: str, object_key: str | None = None,
@@ -155,34 +174,52 @@ class Database:
             )
             params = [v for r in rows for v in (r.image_id, r.classifier, r.model_version, r.label,
                                                 r.confidence, r.probabilities, r.latency_ms)]
-            inserted = await conn.fetch(
+            # A redelivered prediction keeps the first row and counts the run (attempts): redeliveries
+            # are allowed, and measured rather than hidden.
+            written = await conn.fetch(
                 f"""INSERT INTO predictions (image_id, classifier, model_version, label, confidence,
                                              probabilities, latency_ms)
                     VALUES {values}
-                    ON CONFLICT (image_id, classifier, model_version) DO NOTHING RETURNING image_id""",
+                    ON CONFLICT (image_id, classifier, model_version)
+                    DO UPDATE SET attempts = predictions.attempts + 1
+                    RETURNING (xmax = 0) AS inserted""",
                 *params,
             ) if rows else []
-        return len(inserted)
+        return sum(1 for r in written if r["inserted"])
 
-    async def stalled(self, older_than_s: float, limit: int = 500, max_resends: int = 5) -> list[asyncpg.Record]:
-        """Accepted images still missing predictions from some of the three classifiers (for their
-        bundle version) and not failed after ``older_than_s`` seconds, and not re-sent within that
-        time or more than ``max_resends`` times: the sweeper's work. Marks them re-sent."""
+    async def stalled(self, deployment: str, older_than_s: float, committed: dict[int, int],
+                      limit: int = 500, max_resends: int = 5) -> list[asyncpg.Record]:
+        """The sweeper's work, marked re-sent: accepted images of ``deployment`` still missing
+        predictions from some of the three classifiers (for their bundle version) and not failed
+        after ``older_than_s`` seconds, not re-sent within that time nor more than ``max_resends``
+        times, and whose input offset the extractor's group has committed past (``committed``:
+        partition -> committed offset). An image still ahead of its partition's committed offset
+        is queued, not lost, and is never re-sent; one without a recorded offset is judged by age."""
+        parts, offsets = list(committed), [committed[p] for p in committed]
         return await self.pool.fetch(
             """UPDATE images SET resent_at = now(), resent_count = resent_count + 1
                WHERE image_id IN (
                  SELECT i.image_id FROM images i
-                 WHERE i.status = 'pending' AND i.accepted_at < now() - make_interval(secs => $1)
+                 WHERE i.deployment = $4 AND i.status = 'pending'
+                   AND i.accepted_at < now() - make_interval(secs => $1)
                    AND (i.resent_at IS NULL OR i.resent_at < now() - make_interval(secs => $1))
                    AND i.resent_count < $3
                    AND i.object_key IS NOT NULL
+                   AND (i.input_offset IS NULL OR EXISTS (
+                        SELECT 1 FROM unnest($5::int[], $6::bigint[]) AS c(p, o)
+                        WHERE c.p = i.input_partition AND i.input_offset < c.o))
                    AND (SELECT count(DISTINCT p.classifier) FROM predictions p WHERE p.image_id = i.image_id
                           AND (i.bundle_version IS NULL OR p.model_version = i.bundle_version)) < 3
                  ORDER BY i.accepted_at LIMIT $2
                  FOR UPDATE SKIP LOCKED)
                RETURNING image_id, object_key, sha256, size, content_type, uploaded_at""",
-            float(older_than_s), limit, max_resends,
+            float(older_than_s), limit, max_resends, deployment, parts, offsets,
         )
+
+    async def set_input_offset(self, image_id: UUID, partition: int, offset: int) -> None:
+        """Where a re-sent image's event now sits on the input topic."""
+        await self.pool.execute("UPDATE images SET input_partition = $2, input_offset = $3 WHERE image_id = $1",
+                                image_id, partition, offset)
 
     # --- reads ---------------------------------------------------------------------------------
     async def get_image(self, image_id: UUID) -> asyncpg.Record | None:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.errors import NotFound, ServiceUnavailable
+from app.metrics import DELETE_FAILED
 from app.settings import Settings
+
+log = logging.getLogger("imgstream.objectstore")
 
 _S3_DOWN = (BotoCoreError, ClientError, OSError, asyncio.TimeoutError)
 
@@ -97,9 +101,18 @@ class ObjectStore:
         except _S3_DOWN as exc:
             raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
 
-    async def delete(self, key: str) -> None:
-        with contextlib.suppress(ClientError):
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; False (counted and logged, never raised) when it could not be: the caller
+        is already answering an error, and an object left behind is harmless but must be visible."""
+        try:
             await self.client.delete_object(Bucket=self.bucket, Key=key)
+            return True
+        except _S3_DOWN as exc:
+            reason = exc.response.get("Error", {}).get("Code", "ClientError") if isinstance(exc, ClientError) \
+                else type(exc).__name__
+            DELETE_FAILED.labels(reason).inc()
+            log.warning("could not delete object %s (%s): it stays in the bucket", key, reason)
+            return False
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -1,0 +1,77 @@
+"""The error policy of every agent, in one place.
+
+- An outage (Kafka, PostgreSQL or S3 down: ``ServiceUnavailable`` and the driver errors in
+  ``PG_DOWN``) is retried without limit, with backoff: Kafka keeps the backlog, nothing is lost.
+- Any other error in a batch is retried ``IMGSTREAM_POISON_ATTEMPTS`` times; then the batch is
+  split in halves, each half run on its own, until the message(s) that still fail are alone; those
+  are dead-lettered with the reason and the stream goes on. One message that always raises never
+  blocks its partition.
+- A batch never crashes its agent: Faust acks a crashed batch's events on the way out, which would
+  lose them for that stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from app.errors import ServiceUnavailable
+from app.metrics import MESSAGES, POISON
+from app.storage.database import PG_DOWN
+
+log = logging.getLogger("imgstream.policy")
+
+OUTAGES = (ServiceUnavailable, *PG_DOWN)
+T = TypeVar("T")
+E = TypeVar("E")
+
+
+async def retry_outages(what: str, coro_fn: Callable[[], Awaitable[T]], *, stage: str,
+                        base: float = 0.5, cap: float = 10.0) -> T:
+    """Run ``coro_fn()`` until it succeeds while a dependency is down; other errors propagate."""
+    delay = base
+    while True:
+        try:
+            return await coro_fn()
+        except OUTAGES as exc:
+            MESSAGES.labels(stage, "retried", "").inc()
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, cap)
+
+
+async def run_batch(events: Sequence[E], process: Callable[[list[E]], Awaitable[object]], *, stage: str,
+                    on_poison: Callable[[E, BaseException], Awaitable[None]], attempts: int,
+                    base: float = 0.5, cap: float = 10.0) -> None:
+    """Process ``events`` under the policy above; returns when every event was processed or
+    dead-lettered through ``on_poison(event, error)``."""
+    batch = list(events)
+    delay, failures = base, 0
+    error: BaseException | None = None
+    while True:
+        try:
+            await process(batch)
+            return
+        except OUTAGES as exc:
+            MESSAGES.labels(stage, "retried", "").inc()
+            log.warning("%s batch of %d: outage (%s); retrying in %.1fs", stage, len(batch), exc, delay)
+        except Exception as exc:  # noqa: BLE001 - the policy decides, the agent never crashes
+            failures, error = failures + 1, exc
+            MESSAGES.labels(stage, "retried", "").inc()
+            if failures >= attempts:
+                log.warning("%s batch of %d failed %d times (%s: %s); isolating the message(s) that fail",
+                            stage, len(batch), failures, type(exc).__name__, exc)
+                break
+            log.exception("%s batch of %d failed (attempt %d of %d); retrying in %.1fs",
+                          stage, len(batch), failures, attempts, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, cap)
+    if len(batch) == 1:
+        POISON.labels(stage).inc()
+        await retry_outages(f"dead-lettering a {stage} message", lambda: on_poison(batch[0], error), stage=stage)
+        return
+    mid = len(batch) // 2
+    for half in (batch[:mid], batch[mid:]):
+        await run_batch(half, process, stage=stage, on_poison=on_poison, attempts=attempts, base=base, cap=cap)
