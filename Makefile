@@ -22,11 +22,15 @@ down:
 bundle: up
 	@imgstream models list 2>/dev/null | grep -q eff || imgstream models train --data $(DATA) --docs docs/MODELS.md
 
-# Tests use their own bucket, so their quick model never becomes the "latest" of `make run`.
-TEST_ENV := IMGSTREAM_S3_BUCKET=imgstream-test IMGSTREAM_TEST_DATA=$(DATA)
+# Tests use their own bucket and their own database, so their quick model never becomes the
+# "latest" of `make run` and no test ever reads or changes the images `make run` keeps.
+TEST_ENV := IMGSTREAM_S3_BUCKET=imgstream-test IMGSTREAM_TEST_DATA=$(DATA) \
+	IMGSTREAM_POSTGRES_DSN=postgresql://imgstream:imgstream@127.0.0.1:5433/imgstream_test
 
 # A quick model for tests (300 images per class, no k sweep), published to the test bucket.
+# `stack up` with the test settings creates (and migrates) the test database and bucket.
 quick-bundle: up
+	$(TEST_ENV) imgstream stack up
 	$(TEST_ENV) imgstream models train --data $(DATA) --limit-per-class 300 --no-sweep
 
 run: bundle

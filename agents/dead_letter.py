@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 from uuid import UUID
 
 import faust
@@ -54,39 +56,76 @@ def image_ids_of(event) -> dict:
         return {}
 
 
-async def sweep(runtime: Runtime) -> int:
-    """Re-publish accepted images of this deployment that never got a prediction (anti-entropy).
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """A sweeper round's view of the stream: the extractor group's committed input offsets, and
+    the features topic's end offsets read after them (every descriptor of an input record below
+    ``extracted`` lies below ``published``)."""
+
+    at: float
+    extracted: dict[int, int]
+    published: dict[int, int]
+
+
+class Sweeper:
+    """Re-publishes accepted images of this deployment that never got a prediction (anti-entropy).
 
     A backstop only: the stream itself loses nothing on restarts and rebalances. An image is
-    re-sent only when the extractor's group has committed past its input offset without a result
-    (so a backlog still queued in Kafka is never fed twice), only for this deployment (app id,
-    bucket, input topic: another pipeline sharing the database is never touched), and at most
-    five times. The descriptor table and the primary key make a repeat harmless.
+    re-sent only when it is provably not queued: the extractor's group committed past its input
+    offset at a round whose published descriptors every classifier group has since consumed, and
+    it still has no result after IMGSTREAM_RESEND_AFTER_S. So a backlog waiting in Kafka (in
+    front of the extractor or of the classifiers) is never fed twice. Only this deployment's
+    images (app id, bucket, input topic) are touched, each at most five times; the descriptor
+    table and the primary key make a repeat harmless.
     """
-    settings = runtime.settings
-    committed = await broker.committed_offsets(settings, settings.extractor_group_id, settings.input_topic)
-    if not committed:
-        return 0  # the extractor's group has committed nothing yet: everything is still queued
-    rows = await runtime.db.stalled(settings.deployment, settings.resend_after_s, committed)
-    for r in rows:
-        msg = ImageUploaded(str(r["image_id"]), r["object_key"], r["sha256"], r["size"] or 0,
-                            r["content_type"] or "image/jpeg",
-                            r["uploaded_at"].timestamp() if r["uploaded_at"] else time.time())
-        meta = await runtime.send(runtime.topics.input, msg.sha256.encode(), msg.dumps())
-        await runtime.db.set_input_offset(r["image_id"], meta.partition, meta.offset)
-        log.warning("re-published an accepted image with no prediction", extra={"image_id": msg.image_id})
-    RESENT.inc(len(rows))
-    return len(rows)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.marks: deque[Watermark] = deque(maxlen=1000)
+
+    async def watermark(self) -> Watermark | None:
+        """The newest round whose descriptors every classifier group has consumed (older rounds
+        are dropped), after recording this round's."""
+        s = self.rt.settings
+        extracted = await broker.committed_offsets(s, s.extractor_group_id, s.input_topic)
+        published = await broker.end_offsets(s, s.features_topic)
+        self.marks.append(Watermark(time.time(), extracted, published))
+        consumed = [await broker.committed_offsets(s, g, s.features_topic) for g in s.classifier_group_ids]
+        safe = None
+        for mark in self.marks:
+            if all(c.get(p, 0) >= end for c in consumed for p, end in mark.published.items()):
+                safe = mark
+        while safe is not None and self.marks[0] is not safe:
+            self.marks.popleft()
+        return safe
+
+    async def sweep(self) -> int:
+        mark = await self.watermark()
+        if mark is None or not mark.extracted:
+            return 0  # everything accepted may still be queued
+        s = self.rt.settings
+        rows = await self.rt.db.stalled(s.deployment, s.resend_after_s, mark.extracted)
+        for r in rows:
+            msg = ImageUploaded(str(r["image_id"]), r["object_key"], r["sha256"], r["size"] or 0,
+                                r["content_type"] or "image/jpeg",
+                                r["uploaded_at"].timestamp() if r["uploaded_at"] else time.time())
+            meta = await self.rt.send(self.rt.topics.input, msg.sha256.encode(), msg.dumps())
+            await self.rt.db.set_input_offset(r["image_id"], meta.partition, meta.offset)
+            log.warning("re-published an accepted image with no prediction", extra={"image_id": msg.image_id})
+        RESENT.inc(len(rows))
+        return len(rows)
 
 
 def register(app: faust.App, runtime: Runtime) -> None:
     if runtime.settings.resend_after_s > 0:
+        sweeper_ = Sweeper(runtime)
+
         @app.timer(interval=max(1.0, runtime.settings.resend_after_s / 4), on_leader=True, name="sweeper")
         async def sweeper() -> None:
             if not runtime.ready.is_set():
                 return
             try:
-                await sweep(runtime)
+                await sweeper_.sweep()
             except Exception as exc:  # noqa: BLE001 - try again next tick
                 log.warning("sweeper skipped a round: %s", exc)
 

@@ -124,3 +124,19 @@ async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[
                 if tp.topic == topic and meta is not None and meta.offset >= 0}
     finally:
         await admin.close()
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The end offset (next offset to be written) of every partition of ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        described = await admin.describe_topics([topic])
+        tps = [TopicPartition(topic, p["partition"]) for t in described if t.get("error_code", 0) == 0
+               for p in t["partitions"]]
+        return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()} if tps else {}
+    finally:
+        await consumer.stop()
+        await admin.close()

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     """Consumer group of the extractor, whose committed input offsets the sweeper compares with
     each image's offset (empty: the group of this worker when it runs the extractor, else
     <app_id>-extractor, the group of a worker that runs the extractor role alone)."""
+    classifier_groups: Annotated[tuple[str, ...], NoDecode] = ()
+    """Consumer groups of the three classifiers (comma-separated), whose committed offsets on the
+    features topic tell the sweeper that a descriptor was consumed (empty: this worker's group when
+    it runs every classifier, else <app_id>-classifier-<name> for each)."""
     poison_attempts: int = Field(3, ge=1)
     """Attempts of a batch that fails with an error that is not an outage before it is split to
     isolate the message(s) that fail, which are dead-lettered; outages (Kafka, PostgreSQL or S3
@@ -135,6 +139,12 @@ class Settings(BaseSettings):
     """Log level of imgstream's own loggers."""
     log_json: bool = False
     """Emit one JSON object per log line (for log shippers)."""
+
+    @field_validator("classifier_groups", mode="before")
+    @classmethod
+    def _groups(cls, value):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(g.strip() for g in items if g.strip())
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -171,6 +181,14 @@ class Settings(BaseSettings):
         if self.extractor_group:
             return self.extractor_group
         return self.group_id if "extractor" in self.roles else f"{self.app_id}-extractor"
+
+    @property
+    def classifier_group_ids(self) -> tuple[str, ...]:
+        if self.classifier_groups:
+            return self.classifier_groups
+        if all(f"classifier-{n}" in self.roles for n in CLASSIFIERS):
+            return (self.group_id,)
+        return tuple(f"{self.app_id}-classifier-{n}" for n in CLASSIFIERS)
 
     @property
     def deployment(self) -> str:

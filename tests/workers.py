@@ -27,13 +27,15 @@ def free_port() -> int:
 def isolated_env(unique: str, **extra: str) -> dict[str, str]:
     """Settings for a private pipeline: topics and app id unique to ``unique``, and the bundle
     pinned to the version that was latest when the session started (a bundle published meanwhile
-    must not change what a test measures)."""
+    must not change what a test measures), and the sweeper off."""
     return {
         "IMGSTREAM_BUNDLE_VERSION": pinned_bundle(),
         "IMGSTREAM_APP_ID": f"test-{unique}",
         "IMGSTREAM_INPUT_TOPIC": f"test-{unique}-images-input-stream",
         "IMGSTREAM_FEATURES_TOPIC": f"test-{unique}-image-features-stream",
         "IMGSTREAM_DEAD_LETTER_TOPIC": f"test-{unique}-images-dead-letter",
+        # The stream itself must lose nothing: tests run without the sweeper unless they test it.
+        "IMGSTREAM_RESEND_AFTER_S": "0",
         **extra,
     }
 
@@ -128,3 +130,19 @@ class Worker:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return ""
+
+
+def images_from(sample: list[tuple[str, bytes]], n: int, salt: str) -> list[bytes]:
+    """``n`` distinct images: the samples, re-encoded with a private comment so no two runs share bytes."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        _, data = sample[i % len(sample)]
+        im = Image.open(io.BytesIO(data))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=95, comment=f"{salt}-{i}".encode())
+        out.append(buf.getvalue())
+    return out

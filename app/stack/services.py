@@ -248,8 +248,14 @@ class Postgres(Service):
         conn = await asyncpg.connect(host="/tmp", port=self.port, user="postgres", database="postgres", timeout=3)
         await conn.close()
 
+    @property
+    def _marker(self):
+        # One marker per database: the tests' database (IMGSTREAM_POSTGRES_DSN) is provisioned
+        # beside the default one on the same cluster.
+        return self.dir / f".provisioned-{(self.dsn.path or '/imgstream').lstrip('/')}"
+
     def _provisioned(self) -> bool:
-        return (self.dir / ".provisioned").exists()
+        return self._marker.exists()
 
     def provision(self) -> None:
         import asyncpg
@@ -277,7 +283,7 @@ class Postgres(Service):
                 await conn.close()
 
         asyncio.run(run())
-        (self.dir / ".provisioned").touch()
+        self._marker.touch()
 
     def down(self) -> str:
         # SIGINT is PostgreSQL's "fast shutdown": it does not wait for clients to disconnect.

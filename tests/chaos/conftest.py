@@ -15,6 +15,7 @@ import pytest
 
 from app.client import upload_bytes
 from tests.conftest import REPO
+from tests.workers import images_from  # noqa: F401 - re-exported for the chaos tests
 
 FIGURES = REPO / "test-output" / "reliability.json"
 RECORDS: list[dict] = []
@@ -122,19 +123,3 @@ def figures(uploader: Uploader, per_image: dict[str, dict[str, int]]) -> dict:
         "doubled": sum(1 for v in per_image.values() if any(n > 3 for n in v.values())),
         "versions": sorted({ver for v in per_image.values() for ver in v}),
     }
-
-
-def images_from(sample: list[tuple[str, bytes]], n: int, salt: str) -> list[bytes]:
-    """``n`` distinct images: the samples, re-encoded with a private comment so no two runs share bytes."""
-    import io
-
-    from PIL import Image
-
-    out = []
-    for i in range(n):
-        _, data = sample[i % len(sample)]
-        im = Image.open(io.BytesIO(data))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=95, comment=f"{salt}-{i}".encode())
-        out.append(buf.getvalue())
-    return out

@@ -105,30 +105,3 @@ async def test_corrupted_jpeg_is_refused_at_upload_or_dead_lettered_and_the_rest
     assert all(done[i]["status"] == "complete" for i in after)
     assert worker.metric_sum("imgstream_dead_lettered_total", stage="extractor") >= 2
     assert worker.proc.poll() is None, "the worker keeps running"
-
-
-async def test_sweeper_republishes_an_accepted_image_whose_event_went_missing(stack, sample_images, tmp_path):
-    """An upload recorded as accepted whose Kafka event never reached the extractor is found by the
-    sweeper and classified anyway (here the event is simply never produced)."""
-    from datetime import UTC, datetime, timedelta
-
-    from app.storage.database import Database
-    from tests.workers import Worker, isolated_env
-
-    worker = Worker(isolated_env(uuid.uuid4().hex[:8], IMGSTREAM_RESEND_AFTER_S="3"), log_dir=tmp_path).start()
-    try:
-        await asyncio.to_thread(worker.wait_healthy)
-        data = sample_images[33][1] + b"\x00" * 7  # distinct bytes (JPEG readers stop at EOI)
-        image_id = uuid.uuid4()
-        key = f"raw-images/2026/01/01/{image_id}.jpg"
-        async with ObjectStore(stack) as store:
-            await store.put(key, data, "image/jpeg")
-        async with Database(stack) as db:
-            then = datetime.now(UTC) - timedelta(seconds=10)
-            await db.record_upload(image_id, key, hashlib.sha256(data).hexdigest(), len(data), "image/jpeg", then, then)
-        async with aiohttp.ClientSession() as s:
-            done = await wait_complete(s, worker.url, [str(image_id)], asyncio.get_running_loop().time() + 60)
-        assert done[str(image_id)]["status"] == "complete"
-        assert worker.metric_sum("imgstream_resent_total") >= 1
-    finally:
-        worker.stop()
