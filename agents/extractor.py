@@ -38,6 +38,7 @@ class Item:
     cached: bool = False
     pixels: np.ndarray | None = None
     dead: bool = False  # dead-lettered
+    version: str | None = None  # the bundle of cached descriptors (None: this batch's bundle)
 
 
 async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
@@ -83,14 +84,16 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         QUEUE_SECONDS.labels(STAGE).observe(max(0.0, now - msg.uploaded_at))
         items.append(Item(event, msg, now))
 
-    # 1. the descriptor table answers repeats of the same bytes (same sha256, same bundle)
+    # 1. the descriptor table answers repeats of the same bytes (same sha256, same bundle), and a
+    #    redelivered event gets the answer it already had, whatever bundle made it: a worker
+    #    restarted on a newer bundle never gives one upload two answers.
     todo: list[Item] = []
     for item in items:
         hit = table.get(item.msg.sha256)
         if hit is not None:
-            hit_version, desc = table_codec.unpack(hit)
-            if hit_version == version:
-                item.descriptors, item.cached = desc, True
+            entry = table_codec.unpack(hit)
+            if entry.bundle_version == version or entry.image_id == UUID(item.msg.image_id):
+                item.descriptors, item.cached, item.version = entry.descriptors, True, entry.bundle_version
                 CACHE.labels("hit").inc()
                 continue
         todo.append(item)
@@ -130,7 +133,7 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         for it, d in zip(unique, desc, strict=True):
             it.descriptors, it.pixels = d, None
             with table_codec.event_context(it.event):
-                table[it.msg.sha256] = table_codec.pack(version, d)
+                table[it.msg.sha256] = table_codec.pack(version, d, UUID(it.msg.image_id))
     finished = time.time()
     COMPUTE_SECONDS.labels(STAGE, version).observe(time.perf_counter() - started)
 
@@ -142,7 +145,7 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         if item.descriptors is None:
             item.descriptors = first_of[item.msg.sha256].descriptors
         payload = encode_descriptors(UUID(item.msg.image_id), item.descriptors)
-        trace = Trace(version, item.msg.uploaded_at, item.started, finished, item.cached)
+        trace = Trace(item.version or version, item.msg.uploaded_at, item.started, finished, item.cached)
         MESSAGE_BYTES.labels(runtime.settings.features_topic).observe(len(payload))
         sends.append(runtime.send(runtime.topics.features, item.msg.image_id.encode(), payload, trace.headers()))
         counts["published"] += 1

@@ -39,6 +39,12 @@ class ImgstreamApp(faust.App):
     dataplane: DataPlane
     imgstream_settings: Settings
 
+    def _new_consumer(self):
+        consumer = super()._new_consumer()
+        if self.imgstream_settings.test_seek_delay_s:
+            faust_patches.widen_seek_window(consumer, self.imgstream_settings.test_seek_delay_s)
+        return consumer
+
     def on_webserver_init(self, web) -> None:
         from app.views import api
 
@@ -48,7 +54,6 @@ class ImgstreamApp(faust.App):
 def create_app(settings: Settings) -> ImgstreamApp:
     configure_logging(settings)
     faust_patches.apply()
-    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = ImgstreamApp(
         settings.group_id,
         broker=f"kafka://{settings.kafka_bootstrap}",

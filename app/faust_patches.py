@@ -1,23 +1,31 @@
-"""Narrow, version-guarded fixes of faust-streaming bugs that lose messages; applied once when the
-Faust app is built. Each keeps its upstream diff in ``docs/upstream/``.
+"""Narrow, version-guarded fixes of faust-streaming bugs that lose messages on a rebalance or a
+restart; applied once when the Faust app is built. The diffs fit to send upstream are in
+``docs/upstream/``. Each fix refuses to apply to any other version than the one it was read in
+(faust-streaming 0.15.3 with aiokafka 0.14.0), or to a method whose source changed: an upgrade
+makes someone read the new code instead of patching it blindly.
 
-Recovery's resume-before-seek race (faust-streaming 0.15.3, ``faust/tables/recovery.py``)
------------------------------------------------------------------------------------------------
-``Recovery.on_recovery_completed`` resumes the stream partitions *before* ``perform_seek`` and
-calls ``app.flow_control.resume()`` *after* it. On a worker whose fetcher is already running (it
-was started to restore a table's changelog), records of the resumed partitions are fetched while
-``perform_seek`` makes its one-by-one committed-offset look-ups and seeks; they land in the agents'
-channel queues, and ``flow_control.resume()`` then clears those queues (channels are built with
-``clear_on_resume=True``). The records are never acked, and nothing rewinds the position past
-them: a block of input is skipped without a trace (no gap is recorded because ``perform_seek``
-resets the read offsets). Upstream: faust-streaming/faust#216 (this race, no-table path) fixed by
-#217; #241 moved ``resume_partitions`` ahead of ``perform_seek`` again; #253 notes the queue
-clear; #596 is a related recovery gap. Master still has the ordering.
+1. Recovery resumes the stream partitions before it seeks them
+   (``Recovery.on_recovery_completed`` and ``Recovery._resume_streams``, faust/tables/recovery.py).
+   The stream partitions are resumed *before* ``perform_seek`` and ``app.flow_control.resume()``
+   runs *after* it. With the fetcher already running (it was started to restore a table's
+   changelog, or by an earlier rebalance), records fetched while ``perform_seek`` makes its
+   one-by-one committed-offset look-ups and seeks land in the agents' channel queues, and
+   ``flow_control.resume()`` then clears those queues (channels are built with
+   ``clear_on_resume=True``). The records are never acked and the position is already past them:
+   a block of input is skipped without a trace. Upstream: faust-streaming/faust#216 (this race,
+   no-table path) fixed by #217; #241 moved ``resume_partitions`` ahead of ``perform_seek`` again;
+   #253 notes the queue clear; #596 is a related recovery gap. The fix keeps the stream partitions
+   paused until the seek has finished and the queues have been cleared.
 
-The fix keeps the stream partitions paused until the seek has finished and the queues have been
-cleared, then resumes them: nothing can be fetched into a queue that is about to be cleared.
-It refuses to apply to any other faust version than the one it was read in, or to a method whose
-source changed, so an upgrade makes someone read the new code instead of patching it blindly.
+2. A fetch drains partitions that are paused (``AIOKafkaConsumerThread._fetch_records``,
+   faust/transport/drivers/aiokafka.py). Faust hands its live set of active partitions to
+   aiokafka's ``Fetcher.fetched_records``, which waits up to a second for data and treats an
+   *empty* set as "every partition". When the last active partitions are paused during that wait
+   (a changelog restore ends while every stream partition is still paused), the call drains the
+   paused stream partitions too; Faust's ``getmany`` then drops those records because their
+   partitions are not active, and the consumer position has moved past them. The fix hands
+   aiokafka a view of the same live set that is never empty to its truth test, so a paused
+   partition is never drained.
 """
 
 from __future__ import annotations
@@ -26,25 +34,34 @@ import asyncio
 import hashlib
 import inspect
 import logging
+from collections.abc import Iterator
 from typing import cast
 
+import aiokafka
 import faust
 from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 log = logging.getLogger("imgstream.faust_patches")
 
 FAUST_VERSION = "0.15.3"
-# sha256 of inspect.getsource(Recovery.on_recovery_completed) in faust-streaming 0.15.3
-RECOVERY_SOURCE_SHA256 = "6ef567acf072e46da3fccbccc6d662371f634f622c3d510972d5df81f70ae3ac"
+AIOKAFKA_VERSION = "0.14.0"
+# sha256 of inspect.getsource(...) of each original, as read in the versions above
+SOURCES = {
+    "Recovery.on_recovery_completed": "6ef567acf072e46da3fccbccc6d662371f634f622c3d510972d5df81f70ae3ac",
+    "Recovery._resume_streams": "d986a6710c1aca98f08c4c723fb3eadc5bf24576ad4eb9da3dd3eecedda2f24e",
+    "AIOKafkaConsumerThread._fetch_records": "39a2c6c79fc1455a199629912b533458a720c64983bc957420a42feef6593baa",
+    "aiokafka Fetcher.fetched_records": "be4348896b9b66afe048de954e2be91c546f4e96c94cb120d5764ec77ce8f19e",
+}
 
 
 class FaustPatchError(RuntimeError):
-    """The installed faust-streaming is not the version a patch was written for."""
+    """The installed faust-streaming or aiokafka is not the version a fix was written for."""
 
 
 async def on_recovery_completed(self: Recovery, generation_id: int = 0) -> None:
     """``Recovery.on_recovery_completed`` of faust-streaming 0.15.3 with the stream partitions
-    resumed only after ``perform_seek`` and ``flow_control.resume()`` (see the module docstring)."""
+    resumed only after ``perform_seek`` and ``flow_control.resume()`` (fix 1)."""
     consumer = self.app.consumer
     self.log.info("Restore complete!")
     await self.app.on_rebalance_complete.send()
@@ -81,39 +98,124 @@ async def on_recovery_completed(self: Recovery, generation_id: int = 0) -> None:
     self.log.info("Worker ready")
 
 
+async def _resume_streams(self: Recovery, generation_id: int = 0) -> None:
+    """``Recovery._resume_streams`` (the path of workers without tables) of faust-streaming
+    0.15.3 with the stream partitions resumed only after the seek and the queue clear (fix 1)."""
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    stream_tps = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    self.log.dev("Resume stream partitions")
+    consumer.resume_partitions(stream_tps)
+    consumer.resume_flow()
+    await cast(faust.App, app)._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+class LivePartitions:
+    """The consumer's live set of active partitions as aiokafka's ``fetched_records`` reads it:
+    membership follows the set as it changes, and it is never empty to a truth test, because
+    aiokafka reads an empty set as "every partition" (fix 2)."""
+
+    __slots__ = ("_tps",)
+
+    def __init__(self, tps: set) -> None:
+        self._tps = tps
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._tps
+
+    def __iter__(self) -> Iterator:
+        return iter(list(self._tps))
+
+    def __len__(self) -> int:
+        return len(self._tps)
+
+
+_original_fetch_records = AIOKafkaConsumerThread._fetch_records
+
+
+async def _fetch_records(self, consumer, active_partitions, timeout=None, max_records=None):
+    """``AIOKafkaConsumerThread._fetch_records`` handing aiokafka a never-empty live view of the
+    active partitions (fix 2); everything else is the original."""
+    if active_partitions is not None and not isinstance(active_partitions, LivePartitions):
+        if not active_partitions:
+            return {}
+        active_partitions = LivePartitions(active_partitions)
+    return await _original_fetch_records(self, consumer, active_partitions, timeout=timeout, max_records=max_records)
+
+
 def source_sha256(fn) -> str:
     return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
 
 
-_ORIGINAL = Recovery.on_recovery_completed
+_ORIGINALS = {
+    "Recovery.on_recovery_completed": (Recovery, "on_recovery_completed", Recovery.on_recovery_completed,
+                                       on_recovery_completed),
+    "Recovery._resume_streams": (Recovery, "_resume_streams", Recovery._resume_streams, _resume_streams),
+    "AIOKafkaConsumerThread._fetch_records": (AIOKafkaConsumerThread, "_fetch_records", _original_fetch_records,
+                                              _fetch_records),
+}
 
 
-def apply(version: str | None = None, original=None) -> None:
-    """Install the fix; raise ``FaustPatchError`` on any faust but the one it was read in."""
-    version = version or faust.__version__
-    original = original or _ORIGINAL
-    if version != FAUST_VERSION:
+def check(faust_version: str | None = None, aiokafka_version: str | None = None,
+          sources: dict[str, str] | None = None) -> None:
+    """Raise ``FaustPatchError`` unless the installed libraries are the ones the fixes were read in."""
+    faust_version = faust_version or faust.__version__
+    aiokafka_version = aiokafka_version or aiokafka.__version__
+    if (faust_version, aiokafka_version) != (FAUST_VERSION, AIOKAFKA_VERSION):
         raise FaustPatchError(
-            f"imgstream's fix of Faust's recovery race was written for faust-streaming {FAUST_VERSION}, "
-            f"found {version}: read faust/tables/recovery.py (on_recovery_completed) and re-check "
-            f"app/faust_patches.py before running this version")
-    if source_sha256(original) != RECOVERY_SOURCE_SHA256:
-        raise FaustPatchError("Recovery.on_recovery_completed is not the faust-streaming "
-                              f"{FAUST_VERSION} source the fix was written against")
-    if Recovery.on_recovery_completed is not on_recovery_completed:
-        Recovery.on_recovery_completed = on_recovery_completed
-        log.debug("patched faust Recovery.on_recovery_completed (seek before resume)")
+            f"imgstream's fixes of Faust's rebalance losses were written for faust-streaming {FAUST_VERSION} with "
+            f"aiokafka {AIOKAFKA_VERSION}, found {faust_version} with {aiokafka_version}: read "
+            "faust/tables/recovery.py and faust/transport/drivers/aiokafka.py, re-check app/faust_patches.py "
+            "(and its docs/upstream diffs) before running these versions")
+    from aiokafka.consumer.fetcher import Fetcher
+
+    current = sources or {
+        **{name: source_sha256(original) for name, (_, _, original, _) in _ORIGINALS.items()},
+        "aiokafka Fetcher.fetched_records": source_sha256(Fetcher.fetched_records),
+    }
+    changed = sorted(name for name, digest in SOURCES.items() if current.get(name) != digest)
+    if changed:
+        raise FaustPatchError(f"not the source the fixes were written against: {', '.join(changed)}")
+
+
+def apply() -> None:
+    """Install the fixes (idempotent); ``FaustPatchError`` on any other library version."""
+    check()
+    for owner, attr, _, fixed in _ORIGINALS.values():
+        setattr(owner, attr, fixed)
 
 
 def restore() -> None:
     """Undo ``apply`` (tests)."""
-    Recovery.on_recovery_completed = _ORIGINAL
+    for owner, attr, original, _ in _ORIGINALS.values():
+        setattr(owner, attr, original)
 
 
 def widen_seek_window(consumer, delay_s: float) -> None:
     """Test-only hook: hold ``perform_seek`` for ``delay_s`` seconds after its seeks, the window in
-    which the unpatched recovery lets records be fetched and then cleared. Installed only when
-    IMGSTREAM_TEST_SEEK_DELAY_S is set; makes the race deterministic on a real broker."""
+    which the unpatched recovery lets records be fetched and then cleared. Installed when the
+    consumer is built, if IMGSTREAM_TEST_SEEK_DELAY_S is set; makes the race deterministic on a
+    real broker."""
     original = consumer.seek_to_committed
 
     async def seek_to_committed():

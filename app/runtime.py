@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 from mode import Service
 
-from app import broker, faust_patches, registry
+from app import broker, registry
 from app.errors import ModelError, ServiceUnavailable
 from app.metrics import BUNDLE, CONSUMER_LAG, UNRECORDED
 from app.settings import Settings
@@ -205,8 +205,6 @@ def service_for(runtime: Runtime) -> type[Service]:
     class RuntimeService(Service):
         async def on_start(self) -> None:
             started = time.monotonic()
-            if runtime.settings.test_seek_delay_s:
-                faust_patches.widen_seek_window(runtime.app.consumer, runtime.settings.test_seek_delay_s)
             await runtime.start()
             log.info("runtime started in %.2fs (roles: %s)", time.monotonic() - started, ",".join(runtime.settings.roles))
 

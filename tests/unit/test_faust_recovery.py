@@ -2,18 +2,20 @@
 against a consumer whose committed-offset look-ups yield while a running fetcher delivers records
 into an agent's real ``FlowControlQueue`` (``clear_on_resume=True``, as Faust builds channels).
 Every offset must reach the agent. Unpatched faust-streaming 0.15.3 loses the records fetched
-during the seek (``test_unpatched_recovery_loses_records`` keeps that proof); the patch in
-``app.faust_patches`` loses none."""
+during the seek (the ``test_unpatched_*`` tests keep that proof); the fixes in
+``app.faust_patches`` lose none. The second half drives aiokafka's real ``fetched_records``
+through Faust's ``_fetch_records`` while the last active partition is paused."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 
-import faust
 import pytest
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
@@ -88,7 +90,7 @@ def recovery_for(consumer: FakeConsumer, flow_control: FlowControlEvent) -> Reco
     return Recovery(app, tables)
 
 
-async def run_recovery(committed: dict[TP, int | None]) -> dict[TP, set[int]]:
+async def run_recovery(committed: dict[TP, int | None], method: str = "on_recovery_completed") -> dict[TP, set[int]]:
     """The state a worker is in when its changelog restore has finished: the fetcher runs, flow
     control is resumed, the stream partitions are paused since the assignment. Then the recovery
     completes; the agent is busy until it has (it reads its queue afterwards)."""
@@ -100,7 +102,7 @@ async def run_recovery(committed: dict[TP, int | None]) -> dict[TP, set[int]]:
     stop = asyncio.Event()
     task = asyncio.create_task(fetcher(consumer, queue, stop))
     try:
-        await recovery_for(consumer, flow_control).on_recovery_completed(generation_id=1)
+        await getattr(recovery_for(consumer, flow_control), method)(generation_id=1)
         seen: dict[TP, set[int]] = {tp: set() for tp in STREAM}
         while any(consumer.position[tp] < N for tp in STREAM) or not queue.empty():
             try:
@@ -140,15 +142,105 @@ async def test_unpatched_recovery_loses_records(committed):
     assert any(missing.values()), "faust's own ordering lost nothing: is the race gone upstream?"
 
 
-def test_refuses_another_faust_version():
+@pytest.mark.parametrize("committed", CASES.values(), ids=CASES.keys())
+async def test_workers_without_tables_resume_after_the_seek_too(patched, committed):
+    """Workers without tables (a classifier or front role alone) recover through
+    ``_resume_streams``, which has the same ordering."""
+    seen = await run_recovery(committed, method="_resume_streams")
+    for tp in STREAM:
+        assert seen[tp] == set(range(committed.get(tp) or 0, N)), tp
+
+
+def test_unpatched_resume_streams_loses_records():
+    faust_patches.restore()
+    seen = asyncio.run(run_recovery({}, method="_resume_streams"))
+    assert any(set(range(N)) - seen[tp] for tp in STREAM)
+
+
+# --- fix 2: a fetch never drains a paused partition ------------------------------------------------
+
+class Assignment:
+    """aiokafka's assignment state, as ``FetchResult`` reads it."""
+
+    active = True
+
+    def __init__(self) -> None:
+        self.states: dict = {}
+
+    def state_value(self, tp):
+        return self.states.setdefault(tp, SimpleNamespace(paused=False, position=0, consumed_to=lambda o, tp=tp:
+                                                          setattr(self.states[tp], "position", o)))
+
+
+class PartitionRecords:
+    def __init__(self, offsets: list[int]) -> None:
+        self._it = iter(offsets)
+        self.next_fetch_offset = offsets[0]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        offset = next(self._it)
+        self.next_fetch_offset = offset + 1
+        return SimpleNamespace(offset=offset)
+
+
+async def drain_while_the_last_active_partition_pauses() -> tuple[dict, int]:
+    """aiokafka's real ``Fetcher.fetched_records`` (through Faust's ``_fetch_records``) waits for
+    data while the changelog is the only active partition; the restore ends and the changelog is
+    paused (the active set is now empty); then data arrives for the paused stream partition.
+    Returns what the call drained and the stream partition's consumed position."""
+    from aiokafka.consumer.fetcher import FetchResult, Fetcher
+
+    stream, changelog = STREAM[0], CHANGELOG
+    assignment = Assignment()
+    waiter: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    fetcher = SimpleNamespace(
+        _closed=False, _records={}, _wait_consume_future=None,
+        _subscriptions=SimpleNamespace(reassignment_in_progress=False, is_assigned=lambda tp: True,
+                                       fetch_context=contextlib.nullcontext),
+        _notify=lambda fut: None, _create_fetch_waiter=lambda: waiter,
+    )
+    fetcher.fetched_records = Fetcher.fetched_records.__get__(fetcher)
+    consumer = SimpleNamespace(_closed=False, _fetcher=fetcher)
+    thread = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+    active = {changelog}
+
+    async def restore_ends_then_data_arrives():
+        await asyncio.sleep(0.01)
+        active.discard(changelog)  # Recovery: "Done reading from changelog topics" -> pause
+        fetcher._records[stream] = FetchResult(stream, assignment=assignment, partition_records=PartitionRecords(
+            list(range(10))), backoff=0)
+        waiter.set_result(None)
+
+    task = asyncio.create_task(restore_ends_then_data_arrives())
+    drained = await AIOKafkaConsumerThread._fetch_records(thread, consumer, active, timeout=0.3, max_records=500)
+    await task
+    return drained, assignment.state_value(stream).position
+
+
+async def test_a_fetch_never_drains_a_paused_partition(patched):
+    drained, position = await drain_while_the_last_active_partition_pauses()
+    assert drained == {} and position == 0
+
+
+async def test_unpatched_fetch_drains_the_paused_partition():
+    """Proof that the test above can fail: the empty set reads as 'every partition'."""
+    faust_patches.restore()
+    drained, position = await drain_while_the_last_active_partition_pauses()
+    assert STREAM[0] in drained and position == 10
+
+
+def test_refuses_other_library_versions():
     with pytest.raises(faust_patches.FaustPatchError, match="0.15.3"):
-        faust_patches.apply(version="0.16.0")
-    assert faust.__version__ == faust_patches.FAUST_VERSION
+        faust_patches.check(faust_version="0.16.0")
+    with pytest.raises(faust_patches.FaustPatchError, match="aiokafka"):
+        faust_patches.check(aiokafka_version="0.15.0")
+    faust_patches.check()  # the installed versions are the ones read
 
 
 def test_refuses_a_changed_method():
-    async def other(self, generation_id: int = 0):
-        return None
-
-    with pytest.raises(faust_patches.FaustPatchError, match="source"):
-        faust_patches.apply(original=other)
+    with pytest.raises(faust_patches.FaustPatchError, match="Recovery._resume_streams"):
+        faust_patches.check(sources={**faust_patches.SOURCES, "Recovery._resume_streams": "0" * 64})
