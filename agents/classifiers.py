@@ -79,7 +79,7 @@ async def _classify(runtime: Runtime, name: str, stage: str, version: str, items
     ]
     inserted = await retry_outages(
         f"writing {len(predictions)} {name} predictions",
-        lambda: runtime.db.write_predictions(progress, predictions), stage=stage,
+        lambda: runtime.db.write_predictions(progress, predictions, first_answer_only=True), stage=stage,
     )
     done = time.time()
     COMPUTE_SECONDS.labels(stage, version).observe(time.perf_counter() - started)

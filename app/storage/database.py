@@ -149,8 +149,15 @@ class Database:
             image_id, object_key, sha256, uploaded_at, reason[:1000],
         )
 
-    async def write_predictions(self, progress: list[ImageProgress], rows: list[PredictionRow]) -> int:
-        """Upsert the images' progress and insert predictions in one transaction. Returns rows inserted."""
+    async def write_predictions(self, progress: list[ImageProgress], rows: list[PredictionRow],
+                                first_answer_only: bool = False) -> int:
+        """Upsert the images' progress and insert predictions in one transaction. Returns rows inserted.
+
+        A redelivered prediction keeps the first row and counts the run (``attempts``):
+        redeliveries are allowed, and measured rather than hidden. With ``first_answer_only`` (the
+        live classifiers) an image is answered only by the bundle recorded for it by its first
+        progress write: a descriptor message redelivered to a worker restarted on a newer bundle
+        never gives one upload two answers. Replays (new rows for history) pass False."""
         progress = sorted(progress, key=lambda p: p.image_id)  # one lock order across classifiers
         async with self.pool.acquire() as conn, conn.transaction():
             if progress:
@@ -168,23 +175,30 @@ class Database:
                     [(p.image_id, p.uploaded_at, p.extract_started_at, p.extract_finished_at, p.extract_cached,
                       p.bundle_version) for p in progress],
                 )
-            cols = 7
+            if not rows:
+                return 0
+            types = ("uuid", "text", "text", "text", "real", "real[]", "real")
             values = ", ".join(
-                "(" + ", ".join(f"${i * cols + j + 1}" for j in range(cols)) + ")" for i in range(len(rows))
+                "(" + ", ".join(f"${i * len(types) + j + 1}::{t}" for j, t in enumerate(types)) + ")"
+                for i in range(len(rows))
             )
             params = [v for r in rows for v in (r.image_id, r.classifier, r.model_version, r.label,
                                                 r.confidence, r.probabilities, r.latency_ms)]
-            # A redelivered prediction keeps the first row and counts the run (attempts): redeliveries
-            # are allowed, and measured rather than hidden.
+            # The image's bundle is set once, by the first progress write (above, under the image
+            # row's lock): every classifier answers with that bundle, whichever message came first.
+            first_only = """WHERE v.model_version = (SELECT i.bundle_version FROM images i
+                                                     WHERE i.image_id = v.image_id)"""
             written = await conn.fetch(
                 f"""INSERT INTO predictions (image_id, classifier, model_version, label, confidence,
                                              probabilities, latency_ms)
-                    VALUES {values}
+                    SELECT * FROM (VALUES {values}) AS v(image_id, classifier, model_version, label, confidence,
+                                                         probabilities, latency_ms)
+                    {first_only if first_answer_only else ""}
                     ON CONFLICT (image_id, classifier, model_version)
                     DO UPDATE SET attempts = predictions.attempts + 1
                     RETURNING (xmax = 0) AS inserted""",
                 *params,
-            ) if rows else []
+            )
         return sum(1 for r in written if r["inserted"])
 
     async def stalled(self, deployment: str, older_than_s: float, committed: dict[int, int],

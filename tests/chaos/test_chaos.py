@@ -57,6 +57,7 @@ async def test_five_kill9_restart_cycles_under_continuous_uploads(stack, sample_
             await asyncio.sleep(0.5)
             worker.start()
             await asyncio.to_thread(worker.wait_healthy)
+            await asyncio.sleep(8)  # the group moves on from the dead member; the worker catches up
         await task
         fig = await measure(stack, env, uploader, timeout=240)
     finally:

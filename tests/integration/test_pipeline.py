@@ -105,3 +105,45 @@ async def test_corrupted_jpeg_is_refused_at_upload_or_dead_lettered_and_the_rest
     assert all(done[i]["status"] == "complete" for i in after)
     assert worker.metric_sum("imgstream_dead_lettered_total", stage="extractor") >= 2
     assert worker.proc.poll() is None, "the worker keeps running"
+
+
+async def test_a_message_that_always_fails_is_dead_lettered_and_its_partition_goes_on(pipeline, stack, sample_images):
+    """A descriptor message whose trace holds NaN timestamps decodes fine but raises in every
+    classification attempt: the error policy isolates it and dead-letters it within a bounded
+    time, while images on the same partition, before and after it, complete."""
+    import struct
+
+    import numpy as np
+
+    from app.messages import encode_descriptors
+    from tests.workers import images_from
+
+    worker, env = pipeline
+    poison_id = uuid.uuid4()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    async with aiohttp.ClientSession() as s:
+        images = images_from(sample_images, 40, uuid.uuid4().hex)
+        before = [(await upload_bytes(s, worker.url, b))[1]["image_id"] for b in images[:20]]
+        try:
+            headers = [("v", pinned_version(env).encode()), ("t", struct.pack("<3d", *[float("nan")] * 3)),
+                       ("c", b"0")]
+            for partition in range(stack.topic_partitions):  # a neighbour on every partition
+                await producer.send_and_wait(env["IMGSTREAM_FEATURES_TOPIC"], encode_descriptors(
+                    poison_id, np.zeros(20, np.float32)), key=str(poison_id).encode(), partition=partition,
+                    headers=headers)
+        finally:
+            await producer.stop()
+        started = time.monotonic()
+        after = [(await upload_bytes(s, worker.url, b))[1]["image_id"] for b in images[20:]]
+        done = await wait_complete(s, worker.url, [str(poison_id), *before, *after],
+                                   asyncio.get_running_loop().time() + 120)
+    assert done[str(poison_id)]["status"] == "failed" and "poison_message" in done[str(poison_id)]["error"]
+    assert {done[i]["status"] for i in before + after} == {"complete"}
+    assert time.monotonic() - started < 120
+    assert worker.metric_sum("imgstream_poison_messages_total") >= 1
+    assert worker.proc.poll() is None
+
+
+def pinned_version(env: dict[str, str]) -> str:
+    return env["IMGSTREAM_BUNDLE_VERSION"]
