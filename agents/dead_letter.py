@@ -12,7 +12,7 @@ from uuid import UUID
 import faust
 
 from agents.policy import retry_outages
-from app import broker
+from app import broker, faust_patches
 from app.errors import ImgstreamError, Unprocessable
 from app.messages import DeadLetter, ImageUploaded, decode_descriptors
 from app.metrics import DEAD_LETTERED, MESSAGES, RESENT
@@ -141,12 +141,13 @@ def register(app: faust.App, runtime: Runtime) -> None:
             if not letter.image_id:
                 continue
             image_id = UUID(letter.image_id)
-            await retry_outages(
-                "marking image failed",
-                lambda: runtime.db.mark_failed(image_id, f"{letter.code}: {letter.reason}", letter.object_key,
-                                               letter.sha256, _ts(letter.uploaded_at)),
-                stage="dead-letter",
-            )
+            with faust_patches.redeliver_if_cancelled([event]):
+                await retry_outages(
+                    "marking image failed",
+                    lambda: runtime.db.mark_failed(image_id, f"{letter.code}: {letter.reason}", letter.object_key,
+                                                   letter.sha256, _ts(letter.uploaded_at)),
+                    stage="dead-letter",
+                )
             MESSAGES.labels("dead-letter", "ok", "").inc()
 
 

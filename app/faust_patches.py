@@ -26,11 +26,15 @@ makes someone read the new code instead of patching it blindly.
    partitions are not active, and the consumer position has moved past them. The fix hands
    aiokafka a view of the same live set that is never empty to its truth test, so a paused
    partition is never drained.
+
+3. A batch cut short by a stop is acked (``Stream.take_events``, faust/streams.py): see
+   ``redeliver_if_cancelled``, which the agents wrap around every batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -52,6 +56,7 @@ SOURCES = {
     "Recovery._resume_streams": "d986a6710c1aca98f08c4c723fb3eadc5bf24576ad4eb9da3dd3eecedda2f24e",
     "AIOKafkaConsumerThread._fetch_records": "39a2c6c79fc1455a199629912b533458a720c64983bc957420a42feef6593baa",
     "aiokafka Fetcher.fetched_records": "be4348896b9b66afe048de954e2be91c546f4e96c94cb120d5764ec77ce8f19e",
+    "Message.ack": "4751b72c4ed84153a7b6c14fdfe41cc92e477b38a6c6089cb785532ef5771688",
 }
 
 
@@ -188,10 +193,12 @@ def check(faust_version: str | None = None, aiokafka_version: str | None = None,
             "faust/tables/recovery.py and faust/transport/drivers/aiokafka.py, re-check app/faust_patches.py "
             "(and its docs/upstream diffs) before running these versions")
     from aiokafka.consumer.fetcher import Fetcher
+    from faust.types.tuples import Message
 
     current = sources or {
         **{name: source_sha256(original) for name, (_, _, original, _) in _ORIGINALS.items()},
         "aiokafka Fetcher.fetched_records": source_sha256(Fetcher.fetched_records),
+        "Message.ack": source_sha256(Message.ack),
     }
     changed = sorted(name for name, digest in SOURCES.items() if current.get(name) != digest)
     if changed:
@@ -209,6 +216,22 @@ def restore() -> None:
     """Undo ``apply`` (tests)."""
     for owner, attr, original, _ in _ORIGINALS.values():
         setattr(owner, attr, original)
+
+
+@contextlib.contextmanager
+def redeliver_if_cancelled(events) -> Iterator[None]:
+    """Fix 3, for the agents' batches: Faust's ``Stream.take_events`` acks a batch's events in a
+    ``finally`` clause, also when the agent is cancelled in the middle of the batch (a worker
+    stopping on SIGTERM); the worker's stop then commits them and the unprocessed rest of the
+    batch is skipped for good (measured: 15 of 400 images in a rolling restart). Marking the
+    messages acked on cancellation makes those acks no-ops (``Message.ack`` skips an acked
+    message), so no offset past the batch is committed and the next owner processes it again."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        for event in events:
+            event.message.acked = True
+        raise
 
 
 def widen_seek_window(consumer, delay_s: float) -> None:

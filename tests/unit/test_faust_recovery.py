@@ -244,3 +244,44 @@ def test_refuses_other_library_versions():
 def test_refuses_a_changed_method():
     with pytest.raises(faust_patches.FaustPatchError, match="Recovery._resume_streams"):
         faust_patches.check(sources={**faust_patches.SOURCES, "Recovery._resume_streams": "0" * 64})
+
+
+# --- fix 3: a batch cut short by a stop is not acked ------------------------------------------------
+
+def _messages(n: int):
+    from faust.types.tuples import ConsumerMessage
+
+    tp = TP("input", 0)
+    return [ConsumerMessage("input", 0, i, 0.0, None, [], b"k", b"v", None, 1, 1, tp) for i in range(n)]
+
+
+async def _cut_short(messages, protect: bool) -> list[int]:
+    """An agent's batch cancelled mid-way (a worker stopping), then acked the way
+    ``Stream.take_events``' finally clause acks it; returns the offsets the consumer was told."""
+    acked: list[int] = []
+    consumer = SimpleNamespace(ack=lambda m: acked.append(m.offset) or True)
+    events = [SimpleNamespace(message=m) for m in messages]
+
+    async def batch():
+        if protect:
+            with faust_patches.redeliver_if_cancelled(events):
+                await asyncio.sleep(10)
+        else:
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(batch())
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for event in events:  # take_events: finally: for event in events: await self.ack(event)
+        event.message.ack(consumer)
+    return acked
+
+
+async def test_a_batch_cut_short_by_a_stop_is_not_acked():
+    assert await _cut_short(_messages(3), protect=True) == []
+
+
+async def test_without_the_guard_a_cut_short_batch_is_acked():
+    assert await _cut_short(_messages(3), protect=False) == [0, 1, 2]
