@@ -37,7 +37,7 @@ run: bundle
 	imgstream worker
 
 test: up quick-bundle
-	$(TEST_ENV) $(VENV)/python -m pytest -ra $(PYTEST_ARGS)
+	$(TEST_ENV) $(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
 test-unit: setup
 	$(VENV)/python -m pytest -ra -m "not integration and not e2e and not chaos and not browser" $(PYTEST_ARGS)

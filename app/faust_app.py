@@ -54,6 +54,7 @@ class ImgstreamApp(faust.App):
 def create_app(settings: Settings) -> ImgstreamApp:
     configure_logging(settings)
     faust_patches.apply()
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = ImgstreamApp(
         settings.group_id,
         broker=f"kafka://{settings.kafka_bootstrap}",

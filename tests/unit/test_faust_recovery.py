@@ -191,7 +191,7 @@ async def drain_while_the_last_active_partition_pauses() -> tuple[dict, int]:
     data while the changelog is the only active partition; the restore ends and the changelog is
     paused (the active set is now empty); then data arrives for the paused stream partition.
     Returns what the call drained and the stream partition's consumed position."""
-    from aiokafka.consumer.fetcher import FetchResult, Fetcher
+    from aiokafka.consumer.fetcher import Fetcher, FetchResult
 
     stream, changelog = STREAM[0], CHANGELOG
     assignment = Assignment()

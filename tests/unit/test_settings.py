@@ -30,3 +30,13 @@ def test_secrets_are_masked_when_printed():
 def test_every_setting_is_documented():
     undocumented = [name for name, f in Settings.model_fields.items() if not f.description]
     assert undocumented == []
+
+
+def test_a_fresh_state_dir_gets_the_worker_data_dir(tmp_path):
+    """Faust creates its datadir without parents; a fresh checkout has no var/faust yet."""
+    from pathlib import Path
+
+    from app.faust_app import create_app
+
+    app = create_app(Settings(state_dir=tmp_path / "var", app_id="fresh"))
+    assert Path(app.conf.datadir).parent.is_dir()
