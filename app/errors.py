@@ -1,8 +1,9 @@
 """One error hierarchy for all of imgstream.
 
-Every error carries an HTTP status and a stable machine-readable ``code``; ``app.views.errors``
-maps any of them to ``{"error": {"code": ..., "message": ...}}`` in one place. Agents use the same
-classes to decide what goes to the dead-letter topic (``InvalidImage``) and what is retried.
+Every error carries an HTTP status and a stable machine-readable ``code``; the ``errors``
+middleware in ``app.views.api`` maps any of them to ``{"error": {"code": ..., "message": ...}}`` in
+one place. Agents use the same classes (``agents/policy.py``): ``ServiceUnavailable`` is an outage,
+retried without limit; a refusal such as ``Unprocessable`` goes to the dead-letter topic.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every field is read from an environment variable named ``IMGSTREAM_<FIELD>`` (upper case), or from
 a ``.env`` file in the working directory. The README's settings table is generated from the
-docstrings below (``imgstream settings --markdown``), so a field without one is a bug.
+docstrings below (``imgstream docs``), so a field without one is a bug.
 """
 
 from __future__ import annotations
