@@ -62,7 +62,6 @@ class Watermark:
     the features topic's end offsets read after them (every descriptor of an input record below
     ``extracted`` lies below ``published``)."""
 
-    at: float
     extracted: dict[int, int]
     published: dict[int, int]
 
@@ -89,7 +88,7 @@ class Sweeper:
         s = self.rt.settings
         extracted = await broker.committed_offsets(s, s.extractor_group_id, s.input_topic)
         published = await broker.end_offsets(s, s.features_topic)
-        self.marks.append(Watermark(time.time(), extracted, published))
+        self.marks.append(Watermark(extracted, published))
         consumed = [await broker.committed_offsets(s, g, s.features_topic) for g in s.classifier_group_ids]
         safe = None
         for mark in self.marks:

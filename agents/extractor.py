@@ -19,7 +19,6 @@ import numpy as np
 
 from agents import dead_letter
 from agents.policy import retry_outages, run_batch
-from app import faust_patches
 from app.errors import ImgstreamError, NotFound, Unprocessable
 from app.messages import ImageUploaded, Trace, encode_descriptors
 from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
@@ -171,8 +170,6 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
             # agents/policy.py: outages retried without limit, a message that always fails isolated
             # and dead-lettered. Re-running a batch is safe (table writes and descriptor messages
             # are idempotent downstream).
-            # A stop in the middle of the batch must not ack it (app/faust_patches.py, fix 3).
-            with faust_patches.redeliver_if_cancelled(events):
-                await run_batch(events, lambda batch: process_batch(runtime, table, batch), stage=STAGE,
-                                on_poison=lambda event, exc: dead_letter.send_poison(runtime, STAGE, event, exc),
-                                attempts=settings.poison_attempts)
+            await run_batch(events, lambda batch: process_batch(runtime, table, batch), stage=STAGE,
+                            on_poison=lambda event, exc: dead_letter.send_poison(runtime, STAGE, event, exc),
+                            attempts=settings.poison_attempts)

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from app import faust_patches
 from app.errors import ServiceUnavailable
 from app.metrics import MESSAGES, POISON
 from app.storage.database import PG_DOWN
@@ -46,8 +47,15 @@ async def run_batch(events: Sequence[E], process: Callable[[list[E]], Awaitable[
                     on_poison: Callable[[E, BaseException], Awaitable[None]], attempts: int,
                     base: float = 0.5, cap: float = 10.0) -> None:
     """Process ``events`` under the policy above; returns when every event was processed or
-    dead-lettered through ``on_poison(event, error)``."""
-    batch = list(events)
+    dead-lettered through ``on_poison(event, error)``. A stop in the middle of the batch leaves
+    it unacked, so its next owner processes it again (app/faust_patches.py, fix 3)."""
+    with faust_patches.redeliver_if_cancelled(events):
+        await _run_batch(list(events), process, stage=stage, on_poison=on_poison, attempts=attempts,
+                         base=base, cap=cap)
+
+
+async def _run_batch(batch: list, process, *, stage: str, on_poison, attempts: int, base: float,
+                     cap: float) -> None:
     delay, failures = base, 0
     error: BaseException | None = None
     while True:
@@ -74,4 +82,4 @@ async def run_batch(events: Sequence[E], process: Callable[[list[E]], Awaitable[
         return
     mid = len(batch) // 2
     for half in (batch[:mid], batch[mid:]):
-        await run_batch(half, process, stage=stage, on_poison=on_poison, attempts=attempts, base=base, cap=cap)
+        await _run_batch(half, process, stage=stage, on_poison=on_poison, attempts=attempts, base=base, cap=cap)

@@ -72,7 +72,7 @@ class DataPlane:
             await self.rt.store.delete(key)  # nothing half-written: no event, no object
             raise
         record = UploadRecord(image_id, key, sha, len(body), FORMATS[fmt], now, datetime.now(UTC),
-                              self.settings.deployment, getattr(meta, "partition", None), getattr(meta, "offset", None))
+                              self.settings.deployment, meta.partition, meta.offset)
         try:
             await asyncio.wait_for(self.rt.db.record_upload(record), 2)
         except Exception as exc:  # noqa: BLE001 - accepted: the row is written as soon as PostgreSQL answers

@@ -28,7 +28,7 @@ makes someone read the new code instead of patching it blindly.
    partition is never drained.
 
 3. A batch cut short by a stop is acked (``Stream.take_events``, faust/streams.py): see
-   ``redeliver_if_cancelled``, which the agents wrap around every batch.
+   ``redeliver_if_cancelled``, which ``agents.policy.run_batch`` wraps around every batch.
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ async def test_sweeper_republishes_an_accepted_image_whose_event_went_missing(st
         done = await _complete(worker.url, [str(image_id)], timeout=60)
         assert done[str(image_id)]["status"] == "complete"
         assert worker.metric_sum("imgstream_resent_total") >= 1
-        assert (await _images(stack.postgres_dsn.get_secret_value(), first)) and \
-            all(r["resent_count"] == 0 for r in (await _images(stack.postgres_dsn.get_secret_value(), first)).values())
+        rows = await _images(stack.postgres_dsn.get_secret_value(), first)
+        assert rows and all(r["resent_count"] == 0 for r in rows.values())
     finally:
         worker.stop()
 

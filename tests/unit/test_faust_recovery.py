@@ -285,3 +285,27 @@ async def test_a_batch_cut_short_by_a_stop_is_not_acked():
 
 async def test_without_the_guard_a_cut_short_batch_is_acked():
     assert await _cut_short(_messages(3), protect=False) == [0, 1, 2]
+
+
+async def test_the_agents_batch_policy_leaves_a_cut_short_batch_unacked():
+    from agents.policy import run_batch
+
+    messages = _messages(3)
+    events = [SimpleNamespace(message=m) for m in messages]
+    acked: list[int] = []
+    consumer = SimpleNamespace(ack=lambda m: acked.append(m.offset) or True)
+
+    async def process(batch):
+        await asyncio.sleep(10)
+
+    async def on_poison(event, exc):
+        raise AssertionError("a stop is not a poison message")
+
+    task = asyncio.create_task(run_batch(events, process, stage="t", on_poison=on_poison, attempts=1))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for event in events:
+        event.message.ack(consumer)
+    assert acked == []
