@@ -87,12 +87,17 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
     # 1. the descriptor table answers repeats of the same bytes (same sha256, same bundle), and a
     #    redelivered event gets the answer it already had, whatever bundle made it: a worker
     #    restarted on a newer bundle never gives one upload two answers.
+    #    A lookup runs in its event's context: the RocksDB store reads the partition of the
+    #    current event, which in a batch would otherwise be the last one's.
     todo: list[Item] = []
+    ttl = runtime.settings.descriptor_ttl_s
     for item in items:
-        hit = table.get(item.msg.sha256)
+        with table_codec.event_context(item.event):
+            hit = table.get(item.msg.sha256)
         if hit is not None:
             entry = table_codec.unpack(hit)
-            if entry.bundle_version == version or entry.image_id == UUID(item.msg.image_id):
+            fresh = not entry.expired(now, ttl)
+            if fresh and (entry.bundle_version == version or entry.image_id == UUID(item.msg.image_id)):
                 item.descriptors, item.cached, item.version = entry.descriptors, True, entry.bundle_version
                 CACHE.labels("hit").inc()
                 continue
@@ -133,7 +138,8 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         for it, d in zip(unique, desc, strict=True):
             it.descriptors, it.pixels = d, None
             with table_codec.event_context(it.event):
-                table[it.msg.sha256] = table_codec.pack(version, d, UUID(it.msg.image_id))
+                table[it.msg.sha256] = table_codec.pack(version, d, UUID(it.msg.image_id),
+                                                        partition=it.event.message.partition, written_at=now)
     finished = time.time()
     COMPUTE_SECONDS.labels(STAGE, version).observe(time.perf_counter() - started)
 
@@ -173,3 +179,8 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
             await run_batch(events, lambda batch: process_batch(runtime, table, batch), stage=STAGE,
                             on_poison=lambda event, exc: dead_letter.send_poison(runtime, STAGE, event, exc),
                             attempts=settings.poison_attempts)
+
+    if settings.descriptor_ttl_s:
+        @app.timer(settings.descriptor_expiry_interval_s, name="descriptor-expiry")
+        async def expire_descriptors():
+            await table_codec.expire(table, table_codec.owned_partitions(app, table), settings.descriptor_ttl_s)

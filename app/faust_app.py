@@ -58,7 +58,9 @@ def create_app(settings: Settings) -> ImgstreamApp:
     app = ImgstreamApp(
         settings.group_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
+        store=f"{settings.table_store}://",
+        tabledir=str(settings.worker_table_dir),
+        table_standby_replicas=settings.table_standby_replicas,
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",

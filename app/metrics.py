@@ -41,6 +41,14 @@ CACHE = Counter(
     "imgstream_descriptor_cache_total", "Descriptor-table lookups by result (hit: extraction skipped).",
     ["result"], registry=REGISTRY,
 )
+TABLE_ENTRIES = Gauge(
+    "imgstream_descriptor_table_entries", "Entries of the descriptor table partitions this worker owns "
+    "(counted by the last expiry pass).", registry=REGISTRY,
+)
+TABLE_EXPIRED = Counter(
+    "imgstream_descriptor_table_expired_total", "Descriptor-table entries deleted (with a changelog "
+    "tombstone) for being older than IMGSTREAM_DESCRIPTOR_TTL_S.", registry=REGISTRY,
+)
 DEAD_LETTERED = Counter(
     "imgstream_dead_lettered_total", "Messages sent to the dead-letter topic, by stage and reason code.",
     ["stage", "reason"], registry=REGISTRY,

@@ -108,6 +108,26 @@ class Settings(BaseSettings):
     """Uploads kept in memory (LRU, MB) so an extractor in the same worker skips the S3 GET (0 = off)."""
     fetch_concurrency: int = Field(16, ge=1)
     """Concurrent S3 fetches per extractor batch."""
+    table_store: Literal["rocksdb", "memory"] = "rocksdb"
+    """Store of the descriptor table: RocksDB on local disk (bounded memory; a restarted worker
+    or a standby replays only the changelog's tail) or memory (in-process tests; the whole
+    changelog is replayed into RAM on every start)."""
+    table_dir: Path | None = None
+    """Directory of the table's RocksDB files (default <state_dir>/faust/<group>/tables-<web_port>:
+    the web port tells two workers of one group on one host apart, and a worker restarted on
+    the same port finds its own files)."""
+    table_cache_mb: int = Field(16, ge=1)
+    """RocksDB block cache of each table partition, in MB (reads of recent descriptors)."""
+    table_standby_replicas: int = Field(1, ge=0)
+    """Workers besides the owner that keep a live copy of each table partition, so that when a
+    worker dies its partitions move to one that has their state and replays only the tail."""
+    descriptor_ttl_s: float = Field(7 * 24 * 3600.0, ge=0)
+    """The descriptor table forgets an image's descriptors this many seconds after its extraction
+    (0 = keep forever): expired entries are deleted with a tombstone, so the compacted changelog
+    shrinks too, and a re-upload after that is extracted again."""
+    descriptor_expiry_interval_s: float = Field(300.0, gt=0)
+    """Seconds between two passes of the extractor over its table partitions to delete expired
+    entries (a lookup never answers with an expired entry, whatever this interval)."""
     classify_batch_size: int = Field(64, ge=1)
     """Classifier micro-batch size (one predict call and one DB write per batch)."""
     classify_batch_within: float = Field(0.002, gt=0)
@@ -163,6 +183,10 @@ class Settings(BaseSettings):
         """Intra-op threads of the extractor's second ONNX session, for batches too small to
         split (low load): every core (0). None when batches are never split (no second session)."""
         return 0 if self.onnx_parallel > 1 else None
+
+    @property
+    def worker_table_dir(self) -> Path:
+        return (self.table_dir or self.state_dir / "faust" / self.group_id / f"tables-{self.web_port}").resolve()
 
     @property
     def bundles_dir(self) -> Path:
