@@ -385,6 +385,34 @@ def bench(
     console.print(f"wrote {out}, {png.name} and {out.with_suffix('.json').name}")
 
 
+@cli.command("soak")
+def soak(
+    duration: float = typer.Option(3600, help="seconds of load"),
+    warmup: float = typer.Option(300, help="seconds at the start left out of the growth figures"),
+    interval: float = typer.Option(30, help="seconds between two samples"),
+    fraction: float = typer.Option(0.5, help="offered load as a share of the saturation measured first"),
+    rate: float = typer.Option(0, help="offered load in images/s (0: fraction x saturation)"),
+    data: Path = typer.Option(DEFAULT_DATA, help="labelled images to derive the distinct uploads from"),
+    out: Path = typer.Option(Path("docs/RELIABILITY.md"), help="document whose soak section is rewritten; "
+                             "the chart (soak.png) and the figures (soak.json) go beside it"),
+) -> None:
+    """A long run at a share of saturation with distinct images: memory per process, consumer lag and
+    end-to-end p99 sampled over time, and what was lost."""
+    import asyncio
+
+    from app.bench import soak as soaking
+    from app.docs import write_section
+
+    result = asyncio.run(soaking.Soak(get_settings(), data, duration=duration, warmup=warmup, interval=interval,
+                                      fraction=fraction, rate=rate or None, log=console.print).run())
+    png, raw = out.parent / "soak.png", out.parent / "soak.json"
+    soaking.save(result, raw)
+    soaking.plot(result, png)
+    write_section(out, "soak", soaking.markdown(result, png.name), title="Reliability")
+    console.print_json(data=result["summary"])
+    console.print(f"lost {result['lost']} of {result['accepted']}; wrote {out}, {png.name} and {raw.name}")
+
+
 def main() -> None:
     try:
         cli()

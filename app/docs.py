@@ -1,5 +1,7 @@
-"""Generated README sections: the settings table (from Settings' docstrings) and the metrics table
-(from the project's Prometheus registry). ``imgstream docs`` rewrites them; a test keeps them in sync."""
+"""Generated document sections. In README.md the settings table (from Settings' docstrings) and
+the metrics table (from the project's Prometheus registry): ``imgstream docs`` rewrites them; a
+test keeps them in sync. Reports that several commands contribute to (docs/RELIABILITY.md: the
+chaos tests, the soak, the table-state measurements) are one marked section per command."""
 
 from __future__ import annotations
 
@@ -40,10 +42,27 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with the part between ``<!-- name:begin -->`` and ``<!-- name:end -->`` replaced by
+    ``body`` (the marked section appended when there is none)."""
+    begin, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->"
+    if begin not in text:
+        return text.rstrip("\n") + f"\n\n{begin}{body.rstrip()}\n{end}\n"
+    return re.sub(rf"({re.escape(begin)}).*?({re.escape(end)})", lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2),
+                  text, flags=re.S)
+
+
+def write_section(path: Path, name: str, body: str, title: str) -> None:
+    """Replace (or add) one marked section of the generated document ``path``."""
+    text = path.read_text() if path.exists() else f"# {title}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(replace_section(text, name, body))
+
+
 def render(text: str) -> str:
     for name, table in (("settings", settings_table()), ("metrics", metrics_table())):
-        text = re.sub(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)",
-                      lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text, flags=re.S)
+        if f"<!-- {name}:begin -->" in text:
+            text = replace_section(text, name, table)
     return text
 
 

@@ -27,8 +27,11 @@ DESCRIPTIONS = {
 
 
 def write(records: list[dict], path: Path) -> None:
+    """The chaos section of ``path`` (the soak's and the table measurements' stay as they are)."""
+    from app.docs import write_section
+
     lines = [
-        "# Reliability",
+        "## Chaos tests",
         "",
         f"Figures of the chaos tests (`tests/chaos`, part of `make test` and CI), run on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with the sweeper off "
@@ -66,7 +69,7 @@ def write(records: list[dict], path: Path) -> None:
         "sweeper's own tests are in `tests/integration/test_sweeper.py`.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    write_section(path, "chaos", "\n".join(lines), title="Reliability")
 
 
 def main(argv: list[str]) -> None:
