@@ -413,6 +413,33 @@ def soak(
     console.print(f"lost {result['lost']} of {result['accepted']}; wrote {out}, {png.name} and {raw.name}")
 
 
+@cli.command("table-state")
+def table_state(
+    sizes: str = typer.Option("0,100000,1000000", help="table sizes (entries), comma-separated"),
+    stores: str = typer.Option("memory,rocksdb", help="stores to measure, comma-separated"),
+    failover: int = typer.Option(1_000_000, help="entries of the kill -9 failover runs (0: skip them)"),
+    data: Path = typer.Option(DEFAULT_DATA, help="labelled images (a few are uploaded)"),
+    out: Path = typer.Option(Path("docs/RELIABILITY.md"), help="document whose table section is rewritten; "
+                             "the figures (table-state.json) go beside it"),
+) -> None:
+    """The descriptor table's cost per store and size: worker RSS, start to first extraction, restart,
+    and failover after kill -9 with and without standby replicas."""
+    import asyncio
+    import json
+
+    from app.bench import state
+    from app.docs import write_section
+
+    bench = state.StateBench(get_settings(), data, [int(n) for n in sizes.split(",") if n],
+                             [s.strip() for s in stores.split(",") if s.strip()], failover, log=console.print)
+    result = asyncio.run(bench.run())
+    raw = out.parent / "table-state.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(result, indent=1))
+    write_section(out, "table-state", state.markdown(result), title="Reliability")
+    console.print(f"wrote {out} and {raw.name}")
+
+
 def main() -> None:
     try:
         cli()

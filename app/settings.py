@@ -8,6 +8,7 @@ docstrings below (``imgstream docs``), so a field without one is a bug.
 from __future__ import annotations
 
 import os
+import socket
 
 from functools import lru_cache
 from pathlib import Path
@@ -113,9 +114,9 @@ class Settings(BaseSettings):
     or a standby replays only the changelog's tail) or memory (in-process tests; the whole
     changelog is replayed into RAM on every start)."""
     table_dir: Path | None = None
-    """Directory of the table's RocksDB files (default <state_dir>/faust/<group>/tables-<web_port>:
-    the web port tells two workers of one group on one host apart, and a worker restarted on
-    the same port finds its own files)."""
+    """Directory of the table's RocksDB files (default <state_dir>/faust/<group>/tables-<host>-<web_port>:
+    host name and web port tell apart two workers of one group sharing a volume or a host, and a
+    worker restarted on the same host and port finds its own files)."""
     table_cache_mb: int = Field(16, ge=1)
     """RocksDB block cache of each table partition, in MB (reads of recent descriptors)."""
     table_standby_replicas: int = Field(1, ge=0)
@@ -186,7 +187,8 @@ class Settings(BaseSettings):
 
     @property
     def worker_table_dir(self) -> Path:
-        return (self.table_dir or self.state_dir / "faust" / self.group_id / f"tables-{self.web_port}").resolve()
+        default = self.state_dir / "faust" / self.group_id / f"tables-{socket.gethostname()}-{self.web_port}"
+        return (self.table_dir or default).resolve()
 
     @property
     def bundles_dir(self) -> Path:
