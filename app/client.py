@@ -37,12 +37,22 @@ async def upload_many(base: str, files: list[Path], concurrency: int = 8, advanc
         return await asyncio.gather(*(one(session, f) for f in files))
 
 
+class NotComplete(TimeoutError):
+    """Raised by ``wait_complete`` at its deadline; ``done`` holds the answers that did arrive."""
+
+    def __init__(self, pending: list[str], done: dict[str, dict]) -> None:
+        super().__init__(f"{len(pending)} of {len(pending) + len(done)} images not complete by the deadline "
+                         f"(first: {', '.join(pending[:5])})")
+        self.pending, self.done = pending, done
+
+
 async def wait_complete(session: aiohttp.ClientSession, base: str, image_ids: list[str], deadline: float,
                         poll: float = 0.25) -> dict[str, dict]:
-    """Poll until every image is complete or failed, or the deadline (loop time) passes."""
+    """Poll until every image is complete or failed; raises ``NotComplete`` when the deadline (loop
+    time) passes first."""
     loop = asyncio.get_running_loop()
     done: dict[str, dict] = {}
-    while loop.time() < deadline and len(done) < len(image_ids):
+    while len(done) < len(image_ids):
         for image_id in [i for i in image_ids if i not in done]:
             async with session.get(f"{base}/predictions/{image_id}") as r:
                 if r.status == 200:
@@ -50,5 +60,7 @@ async def wait_complete(session: aiohttp.ClientSession, base: str, image_ids: li
                     if body["status"] in ("complete", "failed"):
                         done[image_id] = body
         if len(done) < len(image_ids):
+            if loop.time() >= deadline:
+                raise NotComplete([i for i in image_ids if i not in done], done)
             await asyncio.sleep(poll)
     return done

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from app.client import upload_bytes, wait_complete
+from tests.workers import images_from
 
 pytestmark = pytest.mark.e2e
 
@@ -103,8 +104,15 @@ async def test_prediction_404_400_and_complete(pipeline, http, done_image):
     assert {"classifier_fast_finished", "classifier_balanced_finished", "classifier_accurate_finished"} <= set(events)
 
 
-async def test_predictions_list_pages(pipeline, http, done_image):
+async def test_predictions_list_pages(pipeline, http, sample_images):
     worker, _ = pipeline
+    # three images of its own, so that two pages exist whatever ran before
+    ids = []
+    for data in images_from(sample_images[2:5], 3, uuid.uuid4().hex):
+        status, body = await upload_bytes(http, worker.url, data)
+        assert status == 202
+        ids.append(body["image_id"])
+    await wait_complete(http, worker.url, ids, asyncio.get_running_loop().time() + 60)
     async with http.get(f"{worker.url}/predictions?limit=2") as r:
         page = await r.json()
     assert r.status == 200 and len(page["items"]) == 2 and page["next"]
