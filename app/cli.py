@@ -1,4 +1,7 @@
-"""The ``imgstream`` command line: stack, models, worker, upload, predictions, replay, bench."""
+"""The ``imgstream`` command line of the worker package: worker, init, upload, predictions, replay,
+models list / publish. Where ``tools`` is importable (a checkout, installed with the ``train`` and
+``bench`` extras), its commands join in: stack, models export / train / evaluate, bench, soak,
+table-state, docs."""
 
 from __future__ import annotations
 
@@ -12,50 +15,7 @@ from app.errors import ImgstreamError
 from app.settings import get_settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-stack_cli = typer.Typer(no_args_is_help=True, help="The local Kafka, PostgreSQL and S3 services.")
-cli.add_typer(stack_cli, name="stack")
 console = Console(width=None if Console().is_terminal else 160)
-
-
-@stack_cli.command("up")
-def stack_up(
-    services: list[str] = typer.Argument(None, help="postgres, s3, kafka (default: all), prometheus"),
-    with_prometheus: bool = typer.Option(False, help="also run Debian's Prometheus scraping the worker"),
-) -> None:
-    """Install what is missing and start the services on 127.0.0.1; idempotent."""
-    from app import stack
-
-    names = list(services or stack.SERVICES) + (["prometheus"] if with_prometheus else [])
-    stack.up(get_settings(), names, report=console.print)
-
-
-@stack_cli.command("down")
-def stack_down(services: list[str] = typer.Argument(None)) -> None:
-    """Stop the services this project started (by pid file)."""
-    from app import stack
-
-    stack.down(get_settings(), services, report=console.print)
-
-
-@stack_cli.command("status")
-def stack_status(services: list[str] = typer.Argument(None)) -> None:
-    """Each service with its pid and a real health check; exits 1 if one is unhealthy."""
-    from app import stack
-
-    table = Table("service", "pid", "health")
-    rows = stack.status(get_settings(), services)
-    for name, pid, health in rows:
-        table.add_row(name, str(pid or "-"), health if health != "healthy" else "[green]healthy[/]")
-    console.print(table)
-    raise typer.Exit(0 if all(h == "healthy" for *_, h in rows) else 1)
-
-
-@cli.command("docs")
-def docs() -> None:
-    """Regenerate the README's settings and metrics tables."""
-    from app import docs as generated
-
-    console.print("README.md updated" if generated.update() else "README.md already up to date")
 
 
 @cli.command("init")
@@ -88,30 +48,6 @@ def init() -> None:
 
 models_cli = typer.Typer(no_args_is_help=True, help="Export, train, evaluate and publish model bundles.")
 cli.add_typer(models_cli, name="models")
-DEFAULT_DATA = Path("../shared/datasets/cifar10/train.tar.gz")
-
-
-def _onnx_path(backbone: str, random_init: bool = False) -> Path:
-    return get_settings().state_dir / "onnx" / f"{backbone}{'-random' if random_init else ''}.onnx"
-
-
-@models_cli.command("export")
-def models_export(
-    backbone: str = typer.Option("efficientnet_lite0", help="efficientnet_lite0 | resnet50"),
-    weights: Path = typer.Option(None, help="weights file (resnet50: torchvision's state dict)"),
-    random_init: bool = typer.Option(False, help="random weights: for speed measurements only"),
-    out: Path = typer.Option(None, help="output .onnx (default var/onnx/<backbone>.onnx)"),
-) -> None:
-    """Export a backbone to ONNX (pooled penultimate features, dynamic batch) in the export env."""
-    from app import exportenv
-
-    out = out or _onnx_path(backbone, random_init)
-    args = ["--backbone", backbone, "--out", str(out.resolve())]
-    if weights:
-        args += ["--weights", str(weights.resolve())]
-    if random_init:
-        args.append("--random-init")
-    console.print(exportenv.run(get_settings(), *args, log=console.print).strip().splitlines()[-1])
 
 
 def _progress():
@@ -136,59 +72,6 @@ def _task_factory(progress, description: str):
         return advance
 
     return make
-
-
-@models_cli.command("train")
-def models_train(
-    data: Path = typer.Option(DEFAULT_DATA, help="archive or folder laid out <split>/<class>/<file>"),
-    backbone: str = typer.Option("efficientnet_lite0"),
-    k: int = typer.Option(20, help="descriptors per image"),
-    reduction: str = typer.Option("lda+pca", help="lda+pca | pca"),
-    limit_per_class: int = typer.Option(None, help="use at most N images per class (quick runs)"),
-    onnx: Path = typer.Option(None, help="backbone ONNX (default: exported on demand)"),
-    sweep: bool = typer.Option(True, help="also measure k = 10/20/50 for pca and lda+pca"),
-    publish: bool = typer.Option(True, help="publish the bundle to the object store"),
-    docs: Path = typer.Option(None, help="write this markdown report (e.g. docs/MODELS.md)"),
-    reducer_from: str = typer.Option(None, help="reuse this bundle's backbone and reduction (same descriptors, "
-                                                "so `imgstream replay` can re-classify history with the new one)"),
-) -> None:
-    """Train fast/balanced/accurate LightGBM classifiers on descriptors and write a versioned bundle."""
-    import json
-
-    from models import train as training
-    from models.report import models_markdown
-
-    settings = get_settings()
-    reducer = None
-    if reducer_from:
-        from models.bundle import Bundle
-        from models.reduction import Reducer
-
-        parent = _bundle_path(reducer_from)
-        meta = Bundle.load(parent, extractor=False).manifest
-        backbone, onnx, k, reducer = meta["backbone"], parent / "backbone.onnx", meta["k"], Reducer.load(
-            parent / "reducer.npz")
-    onnx = onnx or _onnx_path(backbone)
-    if not onnx.exists():
-        models_export(backbone=backbone, weights=None, random_init=False, out=onnx)
-    if reducer_from:
-        info = meta["onnx"]
-    else:
-        info_path = onnx.with_suffix(".json")
-        info = json.loads(info_path.read_text()) if info_path.exists() else {"backbone": backbone}
-    cfg = training.TrainConfig(source=data, onnx=onnx, onnx_info=info, backbone=backbone, k=k, reduction=reduction,
-                               limit_per_class=limit_per_class, cache_dir=settings.cache_dir, sweep=sweep,
-                               threads=settings.ort_threads, reducer=reducer, reducer_from=reducer_from)
-    with _progress() as progress:
-        path, manifest = training.train(cfg, settings.bundles_dir, _task_factory(progress, "features"),
-                                        log=console.print)
-    console.print(f"bundle [bold]{manifest['version']}[/] written to {path}")
-    if docs:
-        docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(models_markdown(manifest))
-        console.print(f"report written to {docs}")
-    if publish:
-        _publish(path)
 
 
 def _publish(path: Path) -> None:
@@ -226,22 +109,6 @@ def _bundle_path(version: str) -> Path:
             return await registry.fetch(store, version, get_settings().bundles_dir)
 
     return asyncio.run(go())
-
-
-@models_cli.command("evaluate")
-def models_evaluate(
-    bundle: str = typer.Option("latest", help="bundle version (or 'latest')"),
-    data: Path = typer.Option(..., help="archive or folder laid out <split>/<class>/<file>"),
-    limit_per_class: int = typer.Option(None),
-) -> None:
-    """Evaluate a bundle and print JSON: top-1, macro-F1, ECE (15 bins), p50/p99 latency per classifier."""
-    from models import train as training
-    from models.bundle import Bundle
-
-    loaded = Bundle.load(_bundle_path(bundle), threads=get_settings().ort_threads)
-    with _progress() as progress:
-        result = training.evaluate(loaded, data, limit_per_class, _task_factory(progress, "evaluate"))
-    print(training.dumps(result))
 
 
 @models_cli.command("list")
@@ -365,79 +232,17 @@ def replay(
     console.print_json(data=result)
 
 
-@cli.command("bench")
-def bench(
-    quick: bool = typer.Option(False, help="a short run (< 2 min) that proves the benchmark works"),
-    data: Path = typer.Option(DEFAULT_DATA, help="labelled images to send (archive or folder)"),
-    out: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="markdown report; the PNG and JSON go beside it"),
-) -> None:
-    """Measure imgstream against the hardware limit, the original design and a plain HTTP service."""
-    import asyncio
-
-    from app.bench import report, runner
-
-    result = asyncio.run(runner.Bench(get_settings(), quick, data, out, log=console.print).run())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    png = out.with_suffix(".png")
-    report.plot(result, png)
-    runner.save_json(result, out.with_suffix(".json"))
-    out.write_text(report.markdown(result, png.name))
-    console.print(f"wrote {out}, {png.name} and {out.with_suffix('.json').name}")
+def _add_tools() -> None:
+    try:
+        from tools import cli as tools_cli
+    except ModuleNotFoundError as exc:  # a worker-only install: no tooling commands
+        if exc.name != "tools":
+            raise
+        return
+    tools_cli.register(cli, models_cli)
 
 
-@cli.command("soak")
-def soak(
-    duration: float = typer.Option(3600, help="seconds of load"),
-    warmup: float = typer.Option(300, help="seconds at the start left out of the growth figures"),
-    interval: float = typer.Option(30, help="seconds between two samples"),
-    fraction: float = typer.Option(0.5, help="offered load as a share of the saturation measured first"),
-    rate: float = typer.Option(0, help="offered load in images/s (0: fraction x saturation)"),
-    data: Path = typer.Option(DEFAULT_DATA, help="labelled images to derive the distinct uploads from"),
-    out: Path = typer.Option(Path("docs/RELIABILITY.md"), help="document whose soak section is rewritten; "
-                             "the chart (soak.png) and the figures (soak.json) go beside it"),
-) -> None:
-    """A long run at a share of saturation with distinct images: memory per process, consumer lag and
-    end-to-end p99 sampled over time, and what was lost."""
-    import asyncio
-
-    from app.bench import soak as soaking
-    from app.docs import write_section
-
-    result = asyncio.run(soaking.Soak(get_settings(), data, duration=duration, warmup=warmup, interval=interval,
-                                      fraction=fraction, rate=rate or None, log=console.print).run())
-    png, raw = out.parent / "soak.png", out.parent / "soak.json"
-    soaking.save(result, raw)
-    soaking.plot(result, png)
-    write_section(out, "soak", soaking.markdown(result, png.name), title="Reliability")
-    console.print_json(data=result["summary"])
-    console.print(f"lost {result['lost']} of {result['accepted']}; wrote {out}, {png.name} and {raw.name}")
-
-
-@cli.command("table-state")
-def table_state(
-    sizes: str = typer.Option("0,100000,1000000", help="table sizes (entries), comma-separated"),
-    stores: str = typer.Option("memory,rocksdb", help="stores to measure, comma-separated"),
-    failover: int = typer.Option(1_000_000, help="entries of the kill -9 failover runs (0: skip them)"),
-    data: Path = typer.Option(DEFAULT_DATA, help="labelled images (a few are uploaded)"),
-    out: Path = typer.Option(Path("docs/RELIABILITY.md"), help="document whose table section is rewritten; "
-                             "the figures (table-state.json) go beside it"),
-) -> None:
-    """The descriptor table's cost per store and size: worker RSS, start to first extraction, restart,
-    and failover after kill -9 with and without standby replicas."""
-    import asyncio
-    import json
-
-    from app.bench import state
-    from app.docs import write_section
-
-    bench = state.StateBench(get_settings(), data, [int(n) for n in sizes.split(",") if n],
-                             [s.strip() for s in stores.split(",") if s.strip()], failover, log=console.print)
-    result = asyncio.run(bench.run())
-    raw = out.parent / "table-state.json"
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(result, indent=1))
-    write_section(out, "table-state", state.markdown(result), title="Reliability")
-    console.print(f"wrote {out} and {raw.name}")
+_add_tools()
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what imgstream needs on a fresh Debian machine, idempotently:
 #   system packages (JDK, Maven, PostgreSQL, Chromium for the dashboard test) when missing,
-#   the Python virtualenv .venv with imgstream and its test extra.
+#   the Python virtualenv .venv with imgstream and its test, train and bench extras.
 # Big downloads are cached outside the clone (~/.cache/imgstream, ~/.m2, ~/.cache/pip), but
 # nothing here depends on a cache being present.
 set -euo pipefail
@@ -48,6 +48,6 @@ stamp=.venv/.imgstream-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   echo "bootstrap: installing imgstream into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,train,bench]'
   touch "$stamp"
 fi

@@ -39,7 +39,7 @@ def stack(settings: Settings):
     """The running local stack, checked for real (not mocked). At the end of the session the
     tests' private topics (``test-*``) are deleted, so the broker does not pile up partitions."""
     from app import broker
-    from app import stack as local_stack
+    from tools import stack as local_stack
 
     bad = [(name, health) for name, _, health in local_stack.status(settings) if health != "healthy"]
     if bad:

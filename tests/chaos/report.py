@@ -28,7 +28,7 @@ DESCRIPTIONS = {
 
 def write(records: list[dict], path: Path) -> None:
     """The chaos section of ``path`` (the soak's and the table measurements' stay as they are)."""
-    from app.docs import write_section
+    from tools.docs import write_section
 
     lines = [
         "## Chaos tests",

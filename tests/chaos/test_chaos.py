@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from app.stack.services import SERVICES
+from tools.stack.services import SERVICES
 from app.storage.objectstore import ObjectStore
 from models.bundle import FILES
 from tests.chaos.conftest import Uploader, alive, assert_none_lost_or_doubled, images_from, measure, until_accepted

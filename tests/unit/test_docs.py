@@ -1,4 +1,4 @@
-from app import docs
+from tools import docs
 
 
 def test_readme_tables_are_generated_and_current():

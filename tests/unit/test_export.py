@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from app import exportenv
+from tools import exportenv
 from app.settings import Settings
 from models.backbones import BACKBONES, BackboneSpec
 from models.preprocess import preprocess

@@ -5,7 +5,7 @@ import io
 
 from PIL import Image
 
-from app.bench.soak import DistinctImages, Sample, summarize
+from tools.bench.soak import DistinctImages, Sample, summarize
 
 
 def _jpeg() -> bytes:

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app import broker
-from app.bench.runner import REPO, Images, Proc, _free_port, wait_http
+from tools.bench.runner import REPO, Images, Proc, _free_port, wait_http
 from app.messages import ImageUploaded
 from app.settings import Settings
 from app.storage.objectstore import ObjectStore
@@ -248,6 +248,29 @@ class StateBench:
             for port in ports:
                 shutil.rmtree(self.table_dir(p, port), ignore_errors=True)
 
+    async def throughput(self) -> list[dict]:
+        """Saturation throughput of a worker with every role on each store, side by side (every
+        upload distinct, so every one is a table miss and a table write)."""
+        from tools.bench.runner import Bench
+        from tools.bench.soak import DistinctImages
+
+        base = Images(self.source, 700).take(700)
+        out = []
+        for i, store in enumerate(self.stores):
+            bench = Bench(self.settings, quick=False, source=self.source, out=Path("."), log=self.log)
+            env = bench.env(f"tp-{store}", IMGSTREAM_TABLE_STORE=store)
+            images = DistinctImages(base, f"{self.run_id}-{store}")
+            _, url = await bench.worker(env, f"throughput-{store}")
+            try:
+                await bench.saturate(url, [images[j] for j in range(32)])
+                sat = await bench.saturate(url, [images[j] for j in range(32, 632)])
+                out.append({"store": store, "images_per_s": sat["images_per_s"], "images": sat["images"]})
+                self.log(f"  {store}: {sat['images_per_s']:.1f} images/s at saturation")
+            finally:
+                bench.stop_all()
+                await broker.delete_topics(self.settings, env["IMGSTREAM_APP_ID"])
+        return out
+
     async def run(self) -> dict:
         from app import registry
 
@@ -256,6 +279,7 @@ class StateBench:
         result = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "bundle": version,
                   "partitions": self.settings.topic_partitions, "table_cache_mb": self.settings.table_cache_mb}
         try:
+            result["throughput"] = await self.throughput()
             result["sizes"] = await self.sizes_run(version)
             if self.failover_entries:
                 result["failover"] = [await self.failover(version, s) for s in (1, 0)]
@@ -305,6 +329,11 @@ def markdown(result: dict) -> str:
                      f"{r['disk_mb']:.0f} |" if re_ else
                      f"| {r['entries']:,} | {r['store']} | {c['start_to_first_extraction_s']:.1f} | {c['rss_mb']:.0f} | "
                      f"{c['peak_rss_mb']:.0f} | (same as the first start) | - | - |")
+    if result.get("throughput"):
+        lines += ["", "Saturation throughput of one worker with every role (600 distinct CIFAR-10 uploads after 32 "
+                  "to warm up; every upload a table miss and a table write), the stores one after the other in the "
+                  "same run:", "", "| store | images/s |", "|---|---|"]
+        lines += [f"| {t['store']} | {t['images_per_s']:.1f} |" for t in result["throughput"]]
     if result.get("failover"):
         lines += [
             "",

@@ -7,6 +7,6 @@ for a real health check, then creates the bucket, the database and schema, and t
 ``down`` stops only the processes whose pid files it wrote.
 """
 
-from app.stack.services import SERVICES, Service, down, status, up
+from tools.stack.services import SERVICES, Service, down, status, up
 
 __all__ = ["SERVICES", "Service", "down", "status", "up"]

@@ -23,9 +23,9 @@ import numpy as np
 import psutil
 
 from app import broker
-from app.bench import load
-from app.bench.cpu import local_service_pids
-from app.bench.runner import Bench, Images
+from tools.bench import load
+from tools.bench.cpu import local_service_pids
+from tools.bench.runner import Bench, Images
 from app.settings import Settings
 
 DRAIN_TIMEOUT_S = 600.0  # after the load: how long the backlog may take before the rest counts as lost

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from app.errors import ImgstreamError, StackError
 from app.settings import Settings
-from app.stack.process import ManagedProcess, wait_until
+from tools.stack.process import ManagedProcess, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"

@@ -6,8 +6,8 @@ inside the request (S3 write, ONNX, LightGBM, PostgreSQL write), no Kafka.
 ``before``: the original design — the full image travels through Kafka and each of the three
 classifier services runs its own backbone on it (one process per classifier, each its own group).
 
-Run as processes by ``app.bench.runner``: ``python -m app.bench.peers sync --port P`` or
-``python -m app.bench.peers before --topic T --classifier fast --tag before-x``.
+Run as processes by ``tools.bench.runner``: ``python -m tools.bench.peers sync --port P`` or
+``python -m tools.bench.peers before --topic T --classifier fast --tag before-x``.
 """
 
 from __future__ import annotations

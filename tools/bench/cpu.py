@@ -34,7 +34,7 @@ def _cpu_seconds(root: int, children: bool = True) -> float:
 
 
 def local_service_pids(settings: Settings) -> dict[str, int]:
-    from app.stack.services import SERVICES
+    from tools.stack.services import SERVICES
 
     out = {}
     for name, cls in SERVICES.items():

@@ -32,8 +32,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app import broker, registry
-from app.bench import load
-from app.bench.cpu import CpuMeter, local_service_pids
+from tools.bench import load
+from tools.bench.cpu import CpuMeter, local_service_pids
 from app.messages import ImageUploaded
 from app.settings import Settings
 from app.storage.objectstore import ObjectStore
@@ -250,7 +250,7 @@ class Bench:
 
     async def sync_peer(self, images: Images, rate: float) -> dict:
         port = _free_port()
-        p = self.spawn([sys.executable, "-m", "app.bench.peers", "sync", "--port", str(port)], {}, "sync")
+        p = self.spawn([sys.executable, "-m", "tools.bench.peers", "sync", "--port", str(port)], {}, "sync")
         url = f"http://127.0.0.1:{port}"
         await wait_http(f"{url}/upload", proc=p)
         await load.closed_loop(f"{url}/upload", images.take(16), 8)
@@ -270,7 +270,7 @@ class Bench:
         await admin.start()
         await admin.create_topics([NewTopic(topic, self.settings.topic_partitions, 1)])
         await admin.close()
-        procs = [self.spawn([sys.executable, "-m", "app.bench.peers", "before", "--topic", topic, "--classifier", c,
+        procs = [self.spawn([sys.executable, "-m", "tools.bench.peers", "before", "--topic", topic, "--classifier", c,
                              "--tag", tag, "--batch", str(self.settings.extract_batch_size)], {}, f"before-{c}")
                  for c in ("fast", "balanced", "accurate")]
         for p in procs:

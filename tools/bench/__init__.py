@@ -1,0 +1,1 @@
+"""``imgstream bench``: measured, side by side, in one run (see ``tools.bench.runner``)."""
