@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -14,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tools.process import Process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,31 +64,34 @@ def pinned_bundle() -> str:
 
 
 class Worker:
+    """A worker process (tools.process.Process) on a free port, with its HTTP helpers."""
+
     def __init__(self, env: dict[str, str], roles: str | None = None, log_dir: Path | None = None) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env, "IMGSTREAM_WEB_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, **env, "IMGSTREAM_WEB_PORT": str(self.port)}
         if roles:
             self.env["IMGSTREAM_ROLES"] = roles
         self.log_path = (log_dir or Path("/tmp")) / f"worker-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
+        self.process = Process(f"worker-{self.port}", self.log_path)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Worker:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "-l", "info"], env=self.env,
-                                     cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process.start([sys.executable, "-m", "app.cli", "worker", "-l", "info"], env=self.env, cwd=REPO)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid()
 
     def wait_healthy(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
+            if self.process.exited() is not None:
+                raise RuntimeError(f"worker exited {self.process.exited()}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
                     if r.status == 200:
@@ -113,23 +117,13 @@ class Worker:
                    if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self.process.stop(sig, timeout)
 
     def kill9(self) -> None:
-        self.stop(signal.SIGKILL)
+        self.process.kill9()
 
     def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
+        return self.process.log_tail(n)
 
 
 def images_from(sample: list[tuple[str, bytes]], n: int, salt: str) -> list[bytes]:

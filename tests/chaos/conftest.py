@@ -176,6 +176,6 @@ def assert_none_lost_or_doubled(fig: dict) -> None:
 def alive(workers) -> str:
     """The URL of a running worker (uploads fail over to the next one, like behind a load balancer)."""
     for w in workers:
-        if w.proc is not None and w.proc.poll() is None:
+        if w.pid is not None:
             return w.url
     return workers[0].url

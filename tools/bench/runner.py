@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app import broker, registry
 from tools.bench import load
 from tools.bench.cpu import CpuMeter, local_service_pids
+from tools.process import Process
 from app.messages import ImageUploaded
 from app.settings import Settings
 from app.storage.objectstore import ObjectStore
@@ -76,38 +77,14 @@ class Images:
         return out
 
 
-class Proc:
-    """A worker or peer process on private topics; killed at the end of its phase."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.p = subprocess.Popen(argv, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
-                                  stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, 15)
-            try:
-                self.p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, 9)
-
-
-async def wait_http(url: str, timeout: float = 120, proc: Proc | None = None) -> None:
+async def wait_http(url: str, timeout: float = 120, proc: Process | None = None) -> None:
     import aiohttp
 
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
-            if proc is not None and proc.p.poll() is not None:
-                raise RuntimeError(f"process exited; see {proc.log}")
+            if proc is not None and proc.exited() is not None:
+                raise RuntimeError(f"process exited; see {proc.log_file}")
             try:
                 async with s.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
                     if r.status in (200, 405):
@@ -123,7 +100,7 @@ class Bench:
         self.settings, self.quick, self.source, self.out, self.log = settings, quick, source, out, log
         self.run_id = uuid.uuid4().hex[:6]
         self.logs = settings.state_dir / "bench" / self.run_id
-        self.procs: list[Proc] = []
+        self.procs: list[Process] = []
         self.result: dict = {"quick": quick, "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.dsn = settings.postgres_dsn.get_secret_value()
         self.n = 160 if quick else 600
@@ -135,12 +112,12 @@ class Bench:
                 "IMGSTREAM_FEATURES_TOPIC": f"{u}-image-features-stream",
                 "IMGSTREAM_DEAD_LETTER_TOPIC": f"{u}-images-dead-letter", **extra}
 
-    def spawn(self, argv: list[str], env: dict[str, str], name: str) -> Proc:
-        p = Proc(argv, env, self.logs / f"{name}.log")
+    def spawn(self, argv: list[str], env: dict[str, str], name: str) -> Process:
+        p = Process(name, self.logs / f"{name}.log").start(argv, env=env, cwd=REPO)
         self.procs.append(p)
         return p
 
-    async def worker(self, env: dict[str, str], name: str, roles: str | None = None) -> tuple[Proc, str]:
+    async def worker(self, env: dict[str, str], name: str, roles: str | None = None) -> tuple[Process, str]:
         port = _free_port()
         extra = {"IMGSTREAM_WEB_PORT": str(port), **({"IMGSTREAM_ROLES": roles} if roles else {})}
         p = self.spawn([sys.executable, "-m", "app.cli", "worker", "-l", "warn"], {**env, **extra}, name)
@@ -230,7 +207,7 @@ class Bench:
         proc, url = await self.worker(env, f"{tag}-worker")
         await self.saturate(url, images.take(32))  # warm-up: JIT, connections, batch shapes
         sat = await self.saturate(url, images.take(self.n),
-                                  cpu_parts={"worker": proc.p.pid, **local_service_pids(self.settings)})
+                                  cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)})
         out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": []}
         rows = await _pipeline_rows(self.dsn, sat["ids"])
         out["classifier_p99_ms"] = {c: load.pct(v, 99) for c, v in rows.items()}
@@ -274,7 +251,7 @@ class Bench:
                              "--tag", tag, "--batch", str(self.settings.extract_batch_size)], {}, f"before-{c}")
                  for c in ("fast", "balanced", "accurate")]
         for p in procs:
-            await _wait_line(p.log, "ready", p)
+            await _wait_line(p.log_file, "ready", p)
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
                                     max_request_size=2 << 20)
         await producer.start()
@@ -449,10 +426,10 @@ async def _done_times(dsn: str, ids: list[uuid.UUID], tag: str) -> dict[uuid.UUI
     return {r["image_id"]: r["done"].timestamp() for r in rows}
 
 
-async def _wait_line(path: Path, text: str, proc: Proc, timeout: float = 120) -> None:
+async def _wait_line(path: Path, text: str, proc: Process, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.p.poll() is not None:
+        if proc.exited() is not None:
             raise RuntimeError(f"process exited; see {path}")
         if path.exists() and text in path.read_text(errors="replace"):
             return

@@ -149,7 +149,7 @@ class Soak:
             rate = self.rate or self.fraction * sat["images_per_s"]
             self.log(f"saturation {sat['images_per_s']:.1f} images/s; soak at {rate:.1f} images/s "
                      f"for {self.duration:.0f}s, sampling every {self.interval:.0f}s")
-            parts = {"worker": proc.p.pid, **local_service_pids(self.settings)}
+            parts = {"worker": proc.pid(), **local_service_pids(self.settings)}
             conn = await asyncpg.connect(b.dsn)
             samples: list[Sample] = []
             rest = DistinctImages(base, b.run_id + "-soak")

@@ -29,7 +29,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app import broker
-from tools.bench.runner import REPO, Images, Proc, _free_port, wait_http
+from tools.bench.runner import REPO, Images, _free_port, wait_http
+from tools.process import Process
 from app.messages import ImageUploaded
 from app.settings import Settings
 from app.storage.objectstore import ObjectStore
@@ -141,11 +142,11 @@ async def _features_count(p: Pipeline) -> int:
     return sum((await broker.end_offsets(p.settings, p.settings.features_topic)).values())
 
 
-async def _wait_features(p: Pipeline, count: int, timeout: float, proc: Proc | None = None) -> float:
+async def _wait_features(p: Pipeline, count: int, timeout: float, proc: Process | None = None) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if proc is not None and proc.p.poll() is not None:
-            raise RuntimeError(f"worker exited; see {proc.log}")
+        if proc is not None and proc.exited() is not None:
+            raise RuntimeError(f"worker exited; see {proc.log_file}")
         if await _features_count(p) >= count:
             return time.monotonic()
         await asyncio.sleep(0.2)
@@ -170,11 +171,12 @@ class StateBench:
         self.run_id = uuid.uuid4().hex[:6]
         self.logs = settings.state_dir / "bench" / f"state-{self.run_id}"
         self.images = Images1(settings, source)
-        self.procs: list[Proc] = []
+        self.procs: list[Process] = []
 
-    def worker(self, p: Pipeline, store: str, port: int, name: str, **extra: str) -> Proc:
+    def worker(self, p: Pipeline, store: str, port: int, name: str, **extra: str) -> Process:
         env = {**p.env, "IMGSTREAM_TABLE_STORE": store, "IMGSTREAM_WEB_PORT": str(port), **extra}
-        proc = Proc([sys.executable, "-m", "app.cli", "worker", "-l", "warn"], env, self.logs / f"{name}.log")
+        proc = Process(name, self.logs / f"{name}.log").start([sys.executable, "-m", "app.cli", "worker", "-l", "warn"],
+                                                               env=env, cwd=REPO)
         self.procs.append(proc)
         return proc
 
@@ -190,7 +192,7 @@ class StateBench:
         try:
             first = await _wait_features(p, expected, timeout=900, proc=proc)
             await asyncio.sleep(2)  # let the recovery's garbage go
-            rss, hwm = _rss_mb(proc.p.pid)
+            rss, hwm = _rss_mb(proc.pid())
             return {"start_to_first_extraction_s": first - started, "rss_mb": rss, "peak_rss_mb": hwm}
         finally:
             proc.stop()
@@ -235,7 +237,7 @@ class StateBench:
             # standbys (if any) copy the other worker's partitions in the background: wait until
             # both table directories stop growing
             await _settle([self.table_dir(p, port) for port in ports], quiet_s=15, timeout=900)
-            os.kill(a.p.pid, signal.SIGKILL)
+            os.kill(a.pid(), signal.SIGKILL)
             killed = time.monotonic()
             expected = await _features_count(p) + self.settings.topic_partitions
             await self.images.send(p, list(range(self.settings.topic_partitions)))

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from app.errors import ImgstreamError, StackError
 from app.settings import Settings
-from tools.stack.process import ManagedProcess, wait_until
+from tools.process import Process, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"
@@ -53,12 +53,12 @@ class Service:
     settings: Settings
     name: str = ""
     start_timeout: float = 90.0
-    proc: ManagedProcess = field(init=False)
+    proc: Process = field(init=False)
 
     def __post_init__(self) -> None:
         self.dir = self.settings.state_dir.resolve() / self.name
-        self.proc = ManagedProcess(self.name, self.settings.state_dir.resolve() / "run" / f"{self.name}.pid",
-                                   self.settings.state_dir.resolve() / "logs" / f"{self.name}.log")
+        self.proc = Process(self.name, self.settings.state_dir.resolve() / "logs" / f"{self.name}.log",
+                            pid_file=self.settings.state_dir.resolve() / "run" / f"{self.name}.pid")
 
     # subclasses implement these
     def install(self) -> None: ...
@@ -87,7 +87,7 @@ class Service:
         return self.health()
 
     def down(self) -> str:
-        return "stopped" if self.proc.stop() else "not running"
+        return "stopped" if self.proc.stop(group=False) else "not running"
 
     def status(self) -> tuple[int | None, str]:
         pid = self.proc.pid()
@@ -226,7 +226,7 @@ class Postgres(Service):
                                        "-c max_connections=200 -c fsync=on",
                                  "-w", "-t", "60", "start"], "starting PostgreSQL")
         pid = int((data / "postmaster.pid").read_text().split()[0])
-        self.proc.record(pid)
+        self.proc.adopt(pid)
 
     def _initdb(self, bindir: Path, data: Path) -> None:
         # Local socket connections trust the OS user 'postgres' (for provisioning); TCP needs a password.
@@ -287,7 +287,7 @@ class Postgres(Service):
 
     def down(self) -> str:
         # SIGINT is PostgreSQL's "fast shutdown": it does not wait for clients to disconnect.
-        return "stopped" if self.proc.stop(signal.SIGINT, timeout=60) else "not running"
+        return "stopped" if self.proc.stop(signal.SIGINT, timeout=60, group=False) else "not running"
 
 
 class ObjectStoreServer(Service):
