@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from app import faust_patches
+from app.backoff import Backoff
 from app.errors import ServiceUnavailable
 from app.metrics import MESSAGES, POISON
 from app.storage.database import PG_DOWN
@@ -32,15 +32,14 @@ E = TypeVar("E")
 async def retry_outages(what: str, coro_fn: Callable[[], Awaitable[T]], *, stage: str,
                         base: float = 0.5, cap: float = 10.0) -> T:
     """Run ``coro_fn()`` until it succeeds while a dependency is down; other errors propagate."""
-    delay = base
+    backoff = Backoff(base, cap)
     while True:
         try:
             return await coro_fn()
         except OUTAGES as exc:
             MESSAGES.labels(stage, "retried", "").inc()
-            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, cap)
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, backoff.delay)
+        await backoff.wait()
 
 
 async def run_batch(events: Sequence[E], process: Callable[[list[E]], Awaitable[object]], *, stage: str,
@@ -56,7 +55,7 @@ async def run_batch(events: Sequence[E], process: Callable[[list[E]], Awaitable[
 
 async def _run_batch(batch: list, process, *, stage: str, on_poison, attempts: int, base: float,
                      cap: float) -> None:
-    delay, failures = base, 0
+    backoff, failures = Backoff(base, cap), 0
     error: BaseException | None = None
     while True:
         try:
@@ -64,7 +63,7 @@ async def _run_batch(batch: list, process, *, stage: str, on_poison, attempts: i
             return
         except OUTAGES as exc:
             MESSAGES.labels(stage, "retried", "").inc()
-            log.warning("%s batch of %d: outage (%s); retrying in %.1fs", stage, len(batch), exc, delay)
+            log.warning("%s batch of %d: outage (%s); retrying in %.1fs", stage, len(batch), exc, backoff.delay)
         except Exception as exc:  # noqa: BLE001 - the policy decides, the agent never crashes
             failures, error = failures + 1, exc
             MESSAGES.labels(stage, "retried", "").inc()
@@ -73,9 +72,8 @@ async def _run_batch(batch: list, process, *, stage: str, on_poison, attempts: i
                             stage, len(batch), failures, type(exc).__name__, exc)
                 break
             log.exception("%s batch of %d failed (attempt %d of %d); retrying in %.1fs",
-                          stage, len(batch), failures, attempts, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, cap)
+                          stage, len(batch), failures, attempts, backoff.delay)
+        await backoff.wait()
     if len(batch) == 1:
         POISON.labels(stage).inc()
         await retry_outages(f"dead-lettering a {stage} message", lambda: on_poison(batch[0], error), stage=stage)

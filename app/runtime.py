@@ -18,6 +18,7 @@ import faust
 from mode import Service
 
 from app import broker, registry
+from app.backoff import Backoff
 from app.errors import ModelError, ServiceUnavailable
 from app.metrics import BUNDLE, CONSUMER_LAG, UNRECORDED
 from app.settings import Settings
@@ -134,7 +135,7 @@ class Runtime:
 
     async def _load_bundle_forever(self) -> None:
         """Fetch and load the configured bundle; keep retrying while none is published or S3 is down."""
-        delay = 1.0
+        backoff = Backoff(1.0, 15.0)
         while self._bundle is None:
             try:
                 path = await registry.fetch(self.store, self.settings.bundle_version, self.settings.bundles_dir)
@@ -151,9 +152,8 @@ class Runtime:
                 self.bundle_error = exc.message if known else repr(exc)
                 if not known:  # a corrupt bundle, say: the traceback says where it broke
                     log.exception("loading the model bundle failed")
-                log.warning("model bundle not loaded: %s (retrying in %.0fs)", self.bundle_error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15)
+                log.warning("model bundle not loaded: %s (retrying in %.0fs)", self.bundle_error, backoff.delay)
+                await backoff.wait()
 
     async def _lag_forever(self, every: float = 5.0) -> None:
         topics = [self.settings.input_topic, self.settings.features_topic, self.settings.dead_letter_topic]
@@ -183,19 +183,18 @@ class Runtime:
             self._recorder = asyncio.create_task(self._record_uploads_forever(), name="record-uploads")
 
     async def _record_uploads_forever(self, base: float = 0.5, cap: float = 10.0) -> None:
-        delay = base
+        backoff = Backoff(base, cap)
         while self.unrecorded:
             try:
                 await self.db.record_upload(self.unrecorded[0])
                 self.unrecorded.popleft()
                 UNRECORDED.set(len(self.unrecorded))
-                delay = base
+                backoff.reset()
             except Exception as exc:  # noqa: BLE001 - the database is away: try again
                 UNRECORDED.set(len(self.unrecorded))
                 log.warning("%d accepted upload(s) not yet recorded in PostgreSQL (%s); retrying in %.1fs",
-                            len(self.unrecorded), type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cap)
+                            len(self.unrecorded), type(exc).__name__, backoff.delay)
+                await backoff.wait()
 
     async def in_pool(self, pool: ThreadPoolExecutor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
