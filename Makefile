@@ -39,8 +39,11 @@ run: bundle
 test: up quick-bundle
 	$(TEST_ENV) $(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
+# No service needed: the agents run in process (tests/unit/inprocess.py); prints the coverage of
+# agents/ and app/dataplane.py.
 test-unit: setup
-	$(VENV)/python -m pytest -ra -m "not integration and not e2e and not chaos and not browser" $(PYTEST_ARGS)
+	$(VENV)/python -m coverage run -m pytest -ra -m "not integration and not e2e and not chaos and not browser and not packaging and not export" tests/unit $(PYTEST_ARGS)
+	$(VENV)/python -m coverage report
 
 bench: up
 	imgstream bench

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from app.errors import ImgstreamError
 from app.settings import get_settings
+from models.domain import CLASSIFIERS
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(width=None if Console().is_terminal else 160)
@@ -123,13 +124,13 @@ def models_list() -> None:
         async with ObjectStore(get_settings()) as store:
             return await registry.versions(store)
 
-    table = Table("version", "backbone", "k", "reduction", "images", "fast", "balanced", "accurate", "ceiling",
+    table = Table("version", "backbone", "k", "reduction", "images", *CLASSIFIERS, "ceiling",
                   "descriptor space")
     table.columns[0].no_wrap = True
     for m in asyncio.run(go()):
         c = m["classifiers"]
         table.add_row(m["version"], m["backbone"], str(m["k"]), m["reduction"], str(m["data"]["images"]),
-                      *(f"{c[n]['top1']:.3f}" for n in ("fast", "balanced", "accurate")), f"{m['ceiling']['top1']:.3f}",
+                      *(f"{c[n]['top1']:.3f}" for n in CLASSIFIERS), f"{m['ceiling']['top1']:.3f}",
                       m.get("descriptor_space") or "-")
     console.print(table)
 

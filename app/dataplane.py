@@ -20,7 +20,7 @@ from app.errors import BadRequest, ImgstreamError, ModelError, NotFound, Service
 from app.messages import ImageUploaded
 from app.metrics import UPLOADS
 from app.runtime import Runtime
-from app.settings import CLASSIFIERS
+from models.domain import CLASSIFIERS
 from app.storage.database import UploadRecord
 from models.preprocess import EXTENSIONS, FORMATS, decode, preprocess, probe
 

@@ -4,27 +4,21 @@ Every error carries an HTTP status and a stable machine-readable ``code``; the `
 middleware in ``app.views.api`` maps any of them to ``{"error": {"code": ..., "message": ...}}`` in
 one place. Agents use the same classes (``agents/policy.py``): ``ServiceUnavailable`` is an outage,
 retried without limit; a refusal such as ``Unprocessable`` goes to the dead-letter topic.
+
+The root and the errors the model code raises live in ``models/errors.py`` (``models/`` imports
+nothing from the worker); this module re-exports them beside the worker's own.
 """
 
 from __future__ import annotations
 
-
-class ImgstreamError(Exception):
-    """Root of every error imgstream raises on purpose."""
-
-    status: int = 500
-    code: str = "internal_error"
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
-
-    def to_dict(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+from models.errors import (  # noqa: F401 - re-exported: the one hierarchy is read from here
+    ImgstreamError,
+    InvalidImage,
+    ModelError,
+    PayloadTooLarge,
+    TooManyPixels,
+    Unprocessable,
+)
 
 
 class BadRequest(ImgstreamError):
@@ -39,28 +33,8 @@ class NotFound(ImgstreamError):
     status, code = 404, "not_found"
 
 
-class PayloadTooLarge(ImgstreamError):
-    status, code = 413, "payload_too_large"
-
-
 class UnsupportedMediaType(ImgstreamError):
     status, code = 415, "unsupported_media_type"
-
-
-class Unprocessable(ImgstreamError):
-    status, code = 422, "unprocessable"
-
-
-class InvalidImage(Unprocessable):
-    """The bytes are not a decodable JPEG, PNG or WebP image (refused, or dead-lettered)."""
-
-    code = "invalid_image"
-
-
-class TooManyPixels(PayloadTooLarge):
-    """Declared image size above the pixel limit: a possible decompression bomb."""
-
-    code = "too_many_pixels"
 
 
 class ServiceUnavailable(ImgstreamError):
@@ -71,15 +45,3 @@ class ServiceUnavailable(ImgstreamError):
     def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
-
-
-class ModelError(ImgstreamError):
-    """A model bundle is missing, incomplete or inconsistent."""
-
-    status, code = 503, "model_unavailable"
-
-
-class StackError(ImgstreamError):
-    """A local service of `imgstream stack` failed to install or start."""
-
-    code = "stack_error"

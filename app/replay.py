@@ -21,7 +21,8 @@ from agents.classifiers import predict_rows
 from app import registry
 from app.errors import ModelError, Unprocessable
 from app.messages import Trace, decode_descriptors
-from app.settings import CLASSIFIERS, Settings
+from app.settings import Settings
+from models.domain import CLASSIFIERS
 from app.storage.database import Database
 from app.storage.objectstore import ObjectStore
 from models.bundle import Bundle

@@ -17,8 +17,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ROLES = ("extractor", "classifier-fast", "classifier-balanced", "classifier-accurate", "dead-letter")
-CLASSIFIERS = ("fast", "balanced", "accurate")
+from models.domain import CLASSIFIERS, DEFAULT_K
+
+ROLES = ("extractor", *(f"classifier-{name}" for name in CLASSIFIERS), "dead-letter")
 Backbone = Literal["efficientnet_lite0", "resnet50"]
 
 
@@ -85,11 +86,12 @@ class Settings(BaseSettings):
 
     # --- models --------------------------------------------------------------------------------
     backbone: Backbone = "efficientnet_lite0"
-    """Backbone used by `models train` when none is given."""
+    """Backbone of the bundles `models train` makes when no --backbone is given."""
     bundle_version: str = "latest"
     """Model bundle version workers load from the object store ('latest' = newest published)."""
-    descriptor_k: int = Field(20, ge=2, le=256)
-    """Number of descriptors per image produced by the reduction step."""
+    descriptor_k: int = Field(DEFAULT_K, ge=2, le=256)
+    """Descriptors per image of the bundles `models train` makes when no --k is given (a worker
+    takes k from its bundle)."""
     ort_threads: int = Field(0, ge=0)
     """onnxruntime intra-op threads per batch (0 = in workers cores / IMGSTREAM_ONNX_PARALLEL,
     at least 1; in training and evaluation every core)."""

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import ModelError
+from models.errors import ModelError
 from models.classifier import Classifier
+from models.domain import CLASSIFIERS
 from models.extractor import FeatureExtractor
 from models.reduction import Reducer
 
-FILES = ("manifest.json", "backbone.onnx", "reducer.npz", "fast.txt", "balanced.txt", "accurate.txt")
-CLASSIFIER_NAMES = ("fast", "balanced", "accurate")
+FILES = ("manifest.json", "backbone.onnx", "reducer.npz", *(f"{name}.txt" for name in CLASSIFIERS))
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Bundle:
         manifest = json.loads((path / "manifest.json").read_text())
         clfs = {
             name: Classifier.load(path, name, manifest["classifiers"][name]["temperature"], manifest["labels"])
-            for name in CLASSIFIER_NAMES
+            for name in CLASSIFIERS
         }
         ext = (FeatureExtractor(path / "backbone.onnx", manifest["backbone"], threads, providers, wide_threads=wide_threads)
                if extractor else None)

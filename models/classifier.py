@@ -13,6 +13,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
+# One entry per name in models.domain.CLASSIFIERS (a test keeps them equal).
 CAPACITY = {
     "fast": {"num_leaves": 15, "learning_rate": 0.15, "num_boost_round": 120, "min_data_in_leaf": 40},
     "balanced": {"num_leaves": 31, "learning_rate": 0.08, "num_boost_round": 300, "min_data_in_leaf": 30},

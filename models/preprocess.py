@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import InvalidImage, TooManyPixels
+from models.errors import InvalidImage, TooManyPixels
 from models.backbones import BackboneSpec
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}

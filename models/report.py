@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from models.domain import DEFAULT_K, K_SWEEP
+
 
 def models_markdown(m: dict) -> str:
     d, ceil = m["data"], m["ceiling"]
@@ -49,9 +51,9 @@ def models_markdown(m: dict) -> str:
                   "| reduction | k = 10 | k = 20 | k = 50 |", "|---|---|---|---|"]
         for method in ("pca", "lda+pca"):
             row = {s["k"]: s["top1"] for s in m["k_sweep"] if s["reduction"] == method}
-            lines.append(f"| {method} | " + " | ".join(f"{row.get(k, float('nan')):.4f}" for k in (10, 20, 50)) + " |")
+            lines.append(f"| {method} | " + " | ".join(f"{row.get(k, float('nan')):.4f}" for k in K_SWEEP) + " |")
         best = max(m["k_sweep"], key=lambda s: s["top1"])
-        at20 = {s["reduction"]: s["top1"] for s in m["k_sweep"] if s["k"] == 20}
+        at20 = {s["reduction"]: s["top1"] for s in m["k_sweep"] if s["k"] == DEFAULT_K}
         lines += [
             "",
             f"Best in the sweep: `{best['reduction']}` with k = {best['k']} ({best['top1']:.4f}). "

@@ -20,7 +20,8 @@ import numpy as np
 
 from models import classifier as clf
 from models import data, metrics, reduction
-from models.bundle import CLASSIFIER_NAMES, Bundle, write_manifest
+from models.bundle import Bundle, write_manifest
+from models.domain import CLASSIFIERS, K_SWEEP
 from models.extractor import FeatureExtractor
 from models.preprocess import preprocess
 
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig, out_root: Path, progress=None, log=print) -> tuple[P
     red = cfg.reducer or reduction.fit(x_fit, y_fit, cfg.k, cfg.reduction, cfg.seed)
     d_fit, d_cal, d_val = red.transform(x_fit), red.transform(x_cal), red.transform(x_val)
     classifiers, report = {}, {}
-    for name in CLASSIFIER_NAMES:
+    for name in CLASSIFIERS:
         t = time.time()
         c = clf.train(name, d_fit, y_fit, d_cal, y_cal, labels, cfg.seed, cfg.threads)
         classifiers[name] = c
@@ -163,7 +164,7 @@ def train(cfg: TrainConfig, out_root: Path, progress=None, log=print) -> tuple[P
     sweep = []
     if cfg.sweep:
         for method in ("pca", "lda+pca"):
-            for k in (10, 20, 50):
+            for k in K_SWEEP:
                 r = red if (method, k) == (cfg.reduction, cfg.k) else reduction.fit(x_fit, y_fit, k, method, cfg.seed)
                 c = clf.train("balanced", r.transform(x_fit), y_fit, r.transform(x_cal), y_cal, labels, cfg.seed,
                               cfg.threads)
@@ -192,7 +193,7 @@ def train(cfg: TrainConfig, out_root: Path, progress=None, log=print) -> tuple[P
         "data": {"source": Path(cfg.source).name, "hash": digest, "images": len(samples),
                  "limit_per_class": cfg.limit_per_class, "fit": len(fit_idx), "calibration": len(cal_idx),
                  "validation": len(val), "seed": cfg.seed},
-        "classifiers": {n: {"file": classifiers[n].save(path), **report[n]} for n in CLASSIFIER_NAMES},
+        "classifiers": {n: {"file": classifiers[n].save(path), **report[n]} for n in CLASSIFIERS},
         "ceiling": ceil,
         "k_sweep": sweep,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},

@@ -83,8 +83,8 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
     @models_cli.command("train")
     def models_train(
         data: Path = typer.Option(DEFAULT_DATA, help="archive or folder laid out <split>/<class>/<file>"),
-        backbone: str = typer.Option("efficientnet_lite0"),
-        k: int = typer.Option(20, help="descriptors per image"),
+        backbone: str = typer.Option(None, help="efficientnet_lite0 | resnet50 (default IMGSTREAM_BACKBONE)"),
+        k: int = typer.Option(None, help="descriptors per image (default IMGSTREAM_DESCRIPTOR_K)"),
         reduction: str = typer.Option("lda+pca", help="lda+pca | pca"),
         limit_per_class: int = typer.Option(None, help="use at most N images per class (quick runs)"),
         onnx: Path = typer.Option(None, help="backbone ONNX (default: exported on demand)"),
@@ -101,6 +101,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         from models.report import models_markdown
 
         settings = get_settings()
+        backbone, k = backbone or settings.backbone, k or settings.descriptor_k
         reducer = None
         if reducer_from:
             from models.bundle import Bundle

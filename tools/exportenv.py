@@ -11,7 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from app.errors import StackError
+from tools.errors import ToolingError
 from app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def ensure(settings: Settings, log=print) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     proc = subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements()], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise StackError(f"installing the export environment failed:\n{proc.stderr[-3000:]}")
+        raise ToolingError(f"installing the export environment failed:\n{proc.stderr[-3000:]}")
     stamp.write_text(wanted)
     return python
 
@@ -42,5 +42,5 @@ def run(settings: Settings, *args: str, log=print) -> str:
     python = ensure(settings, log)
     proc = subprocess.run([str(python), "-m", "models.export", *args], cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise StackError(f"models.export {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+        raise ToolingError(f"models.export {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return proc.stdout

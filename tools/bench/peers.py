@@ -23,7 +23,8 @@ import numpy as np
 from aiohttp import web
 
 from app import registry
-from app.settings import CLASSIFIERS, Settings
+from app.settings import Settings
+from models.domain import CLASSIFIERS
 from app.storage.database import Database, ImageProgress, PredictionRow
 from app.storage.objectstore import ObjectStore
 from models.bundle import Bundle

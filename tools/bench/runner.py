@@ -36,8 +36,9 @@ from tools.bench import load
 from tools.bench.cpu import CpuMeter, local_service_pids
 from tools.process import Process
 from app.messages import ImageUploaded
-from app.settings import Settings
+from app.settings import ROLES, Settings
 from app.storage.objectstore import ObjectStore
+from models.domain import CLASSIFIERS
 from models import data as datasets
 from models.bundle import Bundle
 from models.preprocess import preprocess
@@ -249,7 +250,7 @@ class Bench:
         await admin.close()
         procs = [self.spawn([sys.executable, "-m", "tools.bench.peers", "before", "--topic", topic, "--classifier", c,
                              "--tag", tag, "--batch", str(self.settings.extract_batch_size)], {}, f"before-{c}")
-                 for c in ("fast", "balanced", "accurate")]
+                 for c in CLASSIFIERS]
         for p in procs:
             await _wait_line(p.log_file, "ready", p)
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
@@ -290,7 +291,7 @@ class Bench:
         lat = [done[i] - sent_at[i] for i in sent_at if i in done]
         out = {"images": n, "images_per_s": n / seconds, "message_bytes_mean": float(np.mean(sizes)),
                "rate": rate, "latency_p50_ms": 1000 * load.pct(lat, 50), "latency_p99_ms": 1000 * load.pct(lat, 99),
-               "peak_rss_mb_per_classifier": {c: p.peak_rss_mb() for c, p in zip(("fast", "balanced", "accurate"),
+               "peak_rss_mb_per_classifier": {c: p.peak_rss_mb() for c, p in zip(CLASSIFIERS,
                                                                                   procs, strict=True)}}
         self.stop_all()
         return out
@@ -313,7 +314,7 @@ class Bench:
         env = self.env("roles")
         procs = {}
         urls = []
-        for role in ("extractor", "classifier-fast", "classifier-balanced", "classifier-accurate", "dead-letter"):
+        for role in ROLES:
             p, url = await self.worker(env, f"role-{role}", roles=role)
             procs[role] = p
             urls.append(url)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from app.errors import ImgstreamError, StackError
+from app.errors import ImgstreamError
+from tools.errors import ToolingError
 from app.settings import Settings
 from tools.process import Process, wait_until
 
@@ -26,7 +27,7 @@ VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"
 def _run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True, **kw)
     if proc.returncode != 0:
-        raise StackError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise ToolingError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     return proc
 
 
@@ -76,7 +77,7 @@ class Service:
             self.launch()
         ok, reason = wait_until(self._alive_and_healthy, self.start_timeout)
         if not ok:
-            raise StackError(f"{self.name} did not become healthy: {reason}\n--- {self.proc.log_file} ---\n"
+            raise ToolingError(f"{self.name} did not become healthy: {reason}\n--- {self.proc.log_file} ---\n"
                              f"{self.proc.log_tail()}")
         self.provision()
         return f"started (pid {self.proc.pid()})"
@@ -108,7 +109,7 @@ class Kafka(Service):
         if any(self.libs.glob("kafka_2.13-*.jar")):
             return
         if shutil.which("mvn") is None:
-            raise StackError("Maven (mvn) is needed to resolve Kafka's jars: apt-get install maven")
+            raise ToolingError("Maven (mvn) is needed to resolve Kafka's jars: apt-get install maven")
         self.libs.mkdir(parents=True, exist_ok=True)
         _run(["mvn", "-q", "-B", "-f", str(REPO_ROOT / "deploy" / "kafka" / "pom.xml"),
               f"-Dkafka.version={self.settings.kafka_version}", "dependency:copy-dependencies",
@@ -302,7 +303,7 @@ class ObjectStoreServer(Service):
         if self.binary.exists():
             return
         if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
-            raise StackError("Go is needed to build versitygw: apt-get install golang")
+            raise ToolingError("Go is needed to build versitygw: apt-get install golang")
         go = shutil.which("go") or "/usr/local/go/bin/go"
         self.binary.parent.mkdir(parents=True, exist_ok=True)
         _run([go, "install", VERSITYGW_MODULE], "building versitygw",
@@ -381,7 +382,7 @@ def _select(settings: Settings, names: list[str] | None, running_optional: bool 
         chosen += [n for n, cls in OPTIONAL.items() if cls(settings).proc.pid() is not None]
     unknown = set(chosen) - set(known)
     if unknown:
-        raise StackError(f"unknown service(s): {sorted(unknown)}; choose from {sorted(known)}")
+        raise ToolingError(f"unknown service(s): {sorted(unknown)}; choose from {sorted(known)}")
     return [known[n](settings) for n in chosen]
 
 

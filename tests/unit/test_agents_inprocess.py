@@ -1,0 +1,182 @@
+"""The agents' batch logic in one process (Faust's test_context on memory://, fakes only at the
+Runtime's boundary): no Kafka, PostgreSQL or S3."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from agents import classifiers, dead_letter, extractor
+from app.messages import DeadLetter, Trace, decode_descriptors
+from tables import descriptors as table_codec
+from tests.unit.inprocess import (InProcessRuntime, app_for, descriptor_event, image, settings, tiny_bundle, until,
+                                  upload_event)
+
+
+def _agent(app, name: str):
+    return next(a for a in app.agents.values() if a.name.endswith(name))
+
+
+@pytest.fixture
+def extractor_rig():
+    s = settings(roles=("extractor",), extract_batch_size=8, extract_batch_within=0.05, poison_attempts=1)
+    app = app_for(s)
+    bundle = tiny_bundle()
+    runtime = InProcessRuntime(app, s, bundle)
+    table = table_codec.declare(app, s)
+    extractor.register(app, runtime, table)
+    return app, runtime, table, bundle
+
+
+async def test_extractor_batches_extract_each_distinct_image_once_and_publish_every_upload(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    red, green = image((255, 0, 0), salt="r"), image((0, 255, 0), salt="g")
+    events = [upload_event(runtime, red), upload_event(runtime, green), upload_event(runtime, red)]
+    async with _agent(app, "extractor").test_context() as agent:
+        for _, key, value in events:
+            await agent.put(value, key=key, wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 3, what="three descriptor messages")
+    sent = runtime.on(runtime.settings.features_topic)
+    assert [str(decode_descriptors(s.value)[0]) for s in sent] == [e[0] for e in events]  # input order
+    assert bundle.extractor.images == 2  # the repeated bytes were extracted once
+    d = {str(decode_descriptors(s.value)[0]): decode_descriptors(s.value)[1] for s in sent}
+    assert np.array_equal(d[events[0][0]], d[events[2][0]])
+    traces = [Trace.from_headers(s.headers) for s in sent]
+    assert [t.cached for t in traces] == [False, False, True] and {t.bundle_version for t in traces} == {"v1"}
+    assert len(table) == 2
+
+
+async def test_a_reupload_is_answered_from_the_table_without_the_backbone(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    data = image((0, 0, 255), salt="b")
+    async with _agent(app, "extractor").test_context() as agent:
+        first = upload_event(runtime, data)
+        await agent.put(first[2], key=first[1], wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 1)
+        again = upload_event(runtime, data)
+        await agent.put(again[2], key=again[1], wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 2)
+    assert bundle.extractor.images == 1
+    assert Trace.from_headers(runtime.on(runtime.settings.features_topic)[1].headers).cached is True
+
+
+async def test_undecodable_and_missing_images_are_dead_lettered_and_the_batch_goes_on(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    good = upload_event(runtime, image((255, 0, 0), salt="ok"))
+    broken = upload_event(runtime, b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    missing = upload_event(runtime, image((0, 255, 0), salt="gone"))
+    runtime.store.objects.pop(f"raw-images/test/{missing[0]}.png")
+    async with _agent(app, "extractor").test_context() as agent:
+        for _, key, value in (good, broken, missing):
+            await agent.put(value, key=key, wait=False)
+        await agent.put(b"not json", key=b"x", wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.dead_letter_topic)) == 3, what="three dead letters")
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 1)
+    letters = {DeadLetter.loads(s.value).code: DeadLetter.loads(s.value) for s in runtime.on(
+        runtime.settings.dead_letter_topic)}
+    assert set(letters) == {"invalid_image", "object_missing", "malformed_message"}
+    assert letters["invalid_image"].image_id == broken[0] and letters["object_missing"].image_id == missing[0]
+    assert str(decode_descriptors(runtime.on(runtime.settings.features_topic)[0].value)[0]) == good[0]
+
+
+async def test_an_s3_outage_is_retried_until_the_object_comes_back(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    runtime.recent_uploads.max_bytes = 0
+    runtime.store.down = 2
+    ev = upload_event(runtime, image((9, 9, 9), salt="outage"))
+    async with _agent(app, "extractor").test_context() as agent:
+        await agent.put(ev[2], key=ev[1], wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 1, timeout=10)
+    assert runtime.store.down == 0 and not runtime.on(runtime.settings.dead_letter_topic)
+
+
+@pytest.fixture
+def classifier_rig():
+    s = settings(roles=("classifier-fast",), classify_batch_size=16, classify_batch_within=0.05)
+    app = app_for(s)
+    bundle = tiny_bundle("v1", k=4)
+    runtime = InProcessRuntime(app, s, bundle)
+    classifiers.register(app, runtime, ["fast"])
+    return app, runtime, bundle
+
+
+async def test_classifiers_group_a_batch_by_the_bundle_that_made_its_descriptors(classifier_rig):
+    app, runtime, v1 = classifier_rig
+    v2 = tiny_bundle("v2", k=6, seed=1)
+    runtime.others["v2"] = v2
+    ids = [uuid.uuid4() for _ in range(4)]
+    rng = np.random.default_rng(3)
+    events = [descriptor_event(v1, ids[0], rng.normal(size=4)), descriptor_event(v2, ids[1], rng.normal(size=6)),
+              descriptor_event(v1, ids[2], rng.normal(size=4)), descriptor_event(v2, ids[3], rng.normal(size=6))]
+    async with _agent(app, "classifier-fast").test_context() as agent:
+        for key, value, headers in events:
+            await agent.put(value, key=key, headers=headers, wait=False)
+        await until(lambda: len(runtime.db.rows) == 4, what="four prediction rows")
+    versions = {image_id: version for image_id, _, version in runtime.db.rows}
+    assert versions == {ids[0]: "v1", ids[1]: "v2", ids[2]: "v1", ids[3]: "v2"}
+    assert all(r.label in v1.labels for r in runtime.db.rows.values())
+
+
+async def test_a_descriptor_of_the_wrong_length_is_dead_lettered(classifier_rig):
+    app, runtime, v1 = classifier_rig
+    good, bad = uuid.uuid4(), uuid.uuid4()
+    async with _agent(app, "classifier-fast").test_context() as agent:
+        for image_id, k in ((bad, 5), (good, 4)):
+            key, value, headers = descriptor_event(v1, image_id, np.ones(k))
+            await agent.put(value, key=key, headers=headers, wait=False)
+        await until(lambda: len(runtime.db.rows) == 1)
+        await until(lambda: len(runtime.on(runtime.settings.dead_letter_topic)) == 1)
+    letter = DeadLetter.loads(runtime.on(runtime.settings.dead_letter_topic)[0].value)
+    assert letter.code == "wrong_descriptor_count" and letter.stage == "classifier-fast"
+
+
+async def test_a_postgres_outage_is_retried_and_a_redelivery_adds_no_row(classifier_rig):
+    app, runtime, v1 = classifier_rig
+    runtime.db.down = 2
+    image_id = uuid.uuid4()
+    key, value, headers = descriptor_event(v1, image_id, np.zeros(4))
+    async with _agent(app, "classifier-fast").test_context() as agent:
+        await agent.put(value, key=key, headers=headers, wait=False)
+        await until(lambda: len(runtime.db.rows) == 1, timeout=10)
+        await agent.put(value, key=key, headers=headers, wait=False)  # redelivered
+        await until(lambda: runtime.db.attempts[(image_id, "fast", "v1")] == 2)
+    assert len(runtime.db.rows) == 1
+
+
+async def test_the_dead_letter_agent_marks_the_image_failed():
+    s = settings(roles=("dead-letter",))
+    app = app_for(s)
+    runtime = InProcessRuntime(app, s, tiny_bundle())
+    dead_letter.register(app, runtime)
+    image_id = uuid.uuid4()
+    letter = DeadLetter(stage="extractor", code="invalid_image", reason="broken", topic="t", partition=0, offset=1,
+                        failed_at=0.0, image_id=str(image_id))
+    async with _agent(app, "dead-letter").test_context() as agent:
+        await agent.put(letter.dumps(), key=str(image_id).encode(), wait=False)
+        await agent.put(b"unreadable", key=b"x", wait=False)
+        await until(lambda: image_id in runtime.db.failed)
+    assert runtime.db.failed[image_id] == "invalid_image: broken"
+
+
+async def test_an_image_that_always_breaks_the_backbone_is_isolated_as_poison(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    run = bundle.extractor.run
+
+    def fragile(batch, wide=False):
+        if np.isclose(batch[:, 0].mean(axis=(1, 2)), 13 / 255).any():
+            raise RuntimeError("backbone crashed on this image")
+        return run(batch, wide)
+
+    bundle.extractor.run = fragile
+    events = [upload_event(runtime, image((c, c, c), salt=str(c))) for c in (10, 13, 200, 90)]
+    async with _agent(app, "extractor").test_context() as agent:
+        for _, key, value in events:
+            await agent.put(value, key=key, wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 3, timeout=10)
+        await until(lambda: len(runtime.on(runtime.settings.dead_letter_topic)) == 1)
+    letter = DeadLetter.loads(runtime.on(runtime.settings.dead_letter_topic)[0].value)
+    assert letter.code == "poison_message" and letter.image_id == events[1][0] and "RuntimeError" in letter.reason
+    assert {str(decode_descriptors(s.value)[0]) for s in runtime.on(runtime.settings.features_topic)} == {
+        events[i][0] for i in (0, 2, 3)}
