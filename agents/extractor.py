@@ -184,3 +184,7 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
         @app.timer(settings.descriptor_expiry_interval_s, name="descriptor-expiry")
         async def expire_descriptors():
             await table_codec.expire(table, table_codec.owned_partitions(app, table), settings.descriptor_ttl_s)
+
+    @app.timer(15.0, name="descriptor-table-memory")
+    async def table_memory():
+        table_codec.report_memory(table)

@@ -45,6 +45,10 @@ TABLE_ENTRIES = Gauge(
     "imgstream_descriptor_table_entries", "Entries of the descriptor table partitions this worker owns "
     "(counted by the last expiry pass).", registry=REGISTRY,
 )
+TABLE_MEMORY = Gauge(
+    "imgstream_descriptor_table_memory_bytes", "RocksDB's own memory of the descriptor table on this worker, by "
+    "kind (memtables, block_cache, table_readers).", ["kind"], registry=REGISTRY,
+)
 TABLE_EXPIRED = Counter(
     "imgstream_descriptor_table_expired_total", "Descriptor-table entries deleted (with a changelog "
     "tombstone) for being older than IMGSTREAM_DESCRIPTOR_TTL_S.", registry=REGISTRY,

@@ -64,3 +64,12 @@ def test_expired_entries_leave_the_store_with_a_tombstone_in_their_partition(tab
 def test_lookups_read_the_partition_of_their_own_event(table):
     _put(table, 3, "k", 1.0)
     assert descriptors.unpack(_get(table, 3, "k")).partition == 3
+
+
+def test_rocksdb_reports_its_own_memory(table):
+    _put(table, 0, "k", 1.0)
+    memory = descriptors.report_memory(table)
+    if hasattr(table.data, "_dbs"):
+        assert set(memory) == {"memtables", "block_cache", "table_readers"} and memory["memtables"] > 0
+    else:
+        assert memory == {}

@@ -81,10 +81,11 @@ class Sample:
     e2e_p50_ms: float
     e2e_p99_ms: float
     table_entries: float | None = None
-    extra: dict = field(default_factory=dict)
+    table_memory_mb: dict = field(default_factory=dict)
 
 
-async def _table_entries(url: str) -> float | None:
+async def _table_gauges(url: str) -> tuple[float | None, dict[str, float]]:
+    """The worker's table entries (as of its last expiry pass) and RocksDB's memory by kind (MB)."""
     import aiohttp
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -93,11 +94,14 @@ async def _table_entries(url: str) -> float | None:
         async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
             text = await r.text()
     except aiohttp.ClientError:
-        return None
+        return None, {}
+    entries, memory = None, {}
     for fam in text_string_to_metric_families(text):
         if fam.name == "imgstream_descriptor_table_entries":
-            return sum(s.value for s in fam.samples)
-    return None
+            entries = sum(s.value for s in fam.samples)
+        elif fam.name == "imgstream_descriptor_table_memory_bytes":
+            memory = {s.labels["kind"]: s.value / 2**20 for s in fam.samples}
+    return entries, memory
 
 
 class Soak:
@@ -122,8 +126,9 @@ class Soak:
         row = await conn.fetchrow(_WINDOW_SQL, deployment, datetime.fromtimestamp(since, UTC),
                                   datetime.fromtimestamp(until, UTC))
         ms = lambda v: float("nan") if v is None else 1000 * float(v)  # noqa: E731
+        entries, table_memory = await _table_gauges(url)
         return Sample(until - t0_wall, memory, sum(lag.values()), int(row["n"]), ms(row["p50"]), ms(row["p99"]),
-                      await _table_entries(url))
+                      entries, table_memory)
 
     async def run(self) -> dict:
         b = self.bench
@@ -166,7 +171,8 @@ class Soak:
                     samples.append(s)
                     last = now
                     self.log(f"  t={s.t:5.0f}s worker RSS {s.memory['worker']['rss_mb']:.0f} MB, lag {s.lag}, "
-                             f"e2e p99 {s.e2e_p99_ms:.0f} ms ({s.completed} done), table {s.table_entries}")
+                             f"e2e p99 {s.e2e_p99_ms:.0f} ms ({s.completed} done), table {s.table_entries} "
+                             f"entries, RocksDB {sum(s.table_memory_mb.values()):.1f} MB")
                 res = loader.result()
                 drained = time.time()
                 lost = await _wait_all(conn, deployment, warm["images"] + sat["images"] + res.accepted, timeout=DRAIN_TIMEOUT_S)
@@ -228,6 +234,9 @@ def plot(result: dict, path: Path) -> None:
     for name in samples[0]["memory"]:
         key = "rss_mb" if name == "worker" else "pss_mb"
         axes[0].plot(t, [s["memory"][name][key] for s in samples], label=f"{name} ({key[:3].upper()})")
+    if any(s.get("table_memory_mb") for s in samples):
+        axes[0].plot(t, [sum(s["table_memory_mb"].values()) for s in samples], ls="--",
+                     label="worker: RocksDB's own (memtables, caches)")
     axes[0].set_ylabel("memory (MB)")
     axes[0].legend(fontsize=8)
     axes[1].plot(t, [s["lag"] for s in samples], color="tab:red")
@@ -287,14 +296,19 @@ def markdown(result: dict, png: str) -> str:
         "",
         f"![soak]({png})",
         "",
+        "*Table entries* as the worker counted them at its last expiry pass (every "
+        "`IMGSTREAM_DESCRIPTOR_EXPIRY_INTERVAL_S`); *RocksDB memory*: memtables, block cache and table readers as "
+        "RocksDB reports them (part of the worker's RSS).",
+        "",
         "| t (min) | worker RSS (MB) | kafka PSS (MB) | postgres PSS (MB) | s3 PSS (MB) | lag | completed | "
-        "e2e p50 (ms) | e2e p99 (ms) | table entries (worker) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "e2e p50 (ms) | e2e p99 (ms) | table entries (worker) | RocksDB memory (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["samples"]:
         mem = s["memory"]
         g = lambda n, k="pss_mb": f"{mem[n][k]:.0f}" if n in mem else "-"  # noqa: E731
         te = "-" if s.get("table_entries") is None else f"{s['table_entries']:.0f}"
+        tm = f"{sum(s['table_memory_mb'].values()):.1f}" if s.get("table_memory_mb") else "-"
         lines.append(f"| {s['t'] / 60:.1f} | {g('worker', 'rss_mb')} | {g('kafka')} | {g('postgres')} | {g('s3')} | "
-                     f"{s['lag']} | {s['completed']} | {s['e2e_p50_ms']:.0f} | {s['e2e_p99_ms']:.0f} | {te} |")
+                     f"{s['lag']} | {s['completed']} | {s['e2e_p50_ms']:.0f} | {s['e2e_p99_ms']:.0f} | {te} | {tm} |")
     return "\n".join(lines)
