@@ -18,6 +18,15 @@ def _onnx_path(backbone: str, random_init: bool = False) -> Path:
     return get_settings().state_dir / "onnx" / f"{backbone}{'-random' if random_init else ''}.onnx"
 
 
+def _stop_children_on_sigterm() -> None:
+    """A long measurement stopped with SIGTERM (a timeout, CI) still runs its ``finally`` blocks,
+    which stop the workers it started: without this they outlive it and skew the next run."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
     stack_cli = typer.Typer(no_args_is_help=True, help="The local Kafka, PostgreSQL and S3 services.")
     cli.add_typer(stack_cli, name="stack")
@@ -159,6 +168,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
 
         from tools.bench import report, runner
 
+        _stop_children_on_sigterm()
         result = asyncio.run(runner.Bench(get_settings(), quick, data, out, log=console.print).run())
         out.parent.mkdir(parents=True, exist_ok=True)
         png = out.with_suffix(".png")
@@ -186,6 +196,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         from tools.bench import soak as soaking
         from tools.docs import write_section
 
+        _stop_children_on_sigterm()
         result = asyncio.run(soaking.Soak(get_settings(), data, duration=duration, warmup=warmup, interval=interval,
                                           fraction=fraction, rate=rate or None, log=console.print).run())
         png, raw = out.parent / "soak.png", out.parent / "soak.json"
@@ -213,6 +224,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         from tools.bench import state
         from tools.docs import write_section
 
+        _stop_children_on_sigterm()
         bench = state.StateBench(get_settings(), data, [int(n) for n in sizes.split(",") if n],
                                  [s.strip() for s in stores.split(",") if s.strip()], failover, log=console.print)
         result = asyncio.run(bench.run())

@@ -147,8 +147,8 @@ class Soak:
             pos += n
             return out
 
-        proc, url = await b.worker(env, "soak-worker")
         try:
+            proc, url = await b.worker(env, "soak-worker")
             warm = await b.saturate(url, take(32))
             sat = await b.saturate(url, take(600))
             rate = self.rate or self.fraction * sat["images_per_s"]
