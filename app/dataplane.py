@@ -1,7 +1,8 @@
 """The business logic of every HTTP view, once: upload, predictions, extract, predict, health.
 
-Views (``app.views``) are thin adapters that parse HTTP and call these methods; errors are raised
-from ``app.errors`` and mapped to ``{"error": {"code", "message"}}`` in one middleware.
+Views (``app.views``) are thin adapters that parse HTTP into the typed requests of
+``app.contracts`` and call these methods, which answer with the typed responses; errors are
+raised from ``app.errors`` and mapped to ``{"error": {"code", "message"}}`` in one middleware.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from app import broker
+from app.contracts import (Accepted, Agreement, Check, ClassifierStats, Consensus, Descriptors, ExtractRequest,
+                           Health, Image, Links, Page, Prediction, PredictRequest, PredictResult, Stats, TraceEvent)
 from app.errors import BadRequest, ImgstreamError, ModelError, NotFound, ServiceUnavailable, Unprocessable
 from app.messages import ImageUploaded
 from app.metrics import UPLOADS
+from msgspec import UNSET
 from app.runtime import Runtime
 from models.domain import CLASSIFIERS
 from app.storage.database import UploadRecord
@@ -34,13 +38,13 @@ def parse_image_id(raw: str) -> uuid.UUID:
         raise BadRequest(f"{raw!r} is not an image id (a UUID)", code="malformed_image_id") from None
 
 
-def consensus(labels: list[str], tie_break: str | None) -> dict:
+def consensus(labels: list[str], tie_break: str | None) -> Consensus:
     if not labels:
-        return {"label": None, "agreement": 0}
+        return Consensus(None, 0)
     (label, votes), *_ = Counter(labels).most_common(1)
     if votes == 1 and tie_break is not None:
         label = tie_break
-    return {"label": label, "agreement": votes, "of": len(labels)}
+    return Consensus(label, votes, len(labels))
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -53,7 +57,7 @@ class DataPlane:
         self.settings = runtime.settings
 
     # --- upload --------------------------------------------------------------------------------
-    async def upload(self, body: bytes) -> dict:
+    async def upload(self, body: bytes) -> Accepted:
         """Validate, store at raw-images/YYYY/MM/DD/<uuid>.<ext>, produce, and only then answer."""
         fmt, _, _ = probe(body, self.settings.max_pixels)
         await self.rt.in_pool(self.rt.decode_pool, decode, body, self.settings.max_pixels)  # truncated/corrupt
@@ -81,14 +85,11 @@ class DataPlane:
             self.rt.record_upload_later(record)
         UPLOADS.inc()
         log.debug("upload accepted", extra={"image_id": str(image_id), "bytes": len(body)})
-        return {
-            "image_id": str(image_id), "object_key": key, "sha256": sha, "size": len(body),
-            "content_type": FORMATS[fmt], "status": "pending",
-            "links": {"prediction": f"/predictions/{image_id}", "trace": f"/predictions/{image_id}?trace=1"},
-        }
+        return Accepted(str(image_id), key, sha, len(body), FORMATS[fmt], "pending",
+                        Links(f"/predictions/{image_id}", f"/predictions/{image_id}?trace=1"))
 
     # --- predictions ---------------------------------------------------------------------------
-    async def prediction(self, raw_id: str, trace: bool = False, model_version: str | None = None) -> dict:
+    async def prediction(self, raw_id: str, trace: bool = False, model_version: str | None = None) -> Image:
         image_id = parse_image_id(raw_id)
         row = await self.rt.db.get_image(image_id)
         if row is None:
@@ -102,32 +103,22 @@ class DataPlane:
             raise NotFound("no such image", code="image_not_found")
         return await self.rt.store.get(row["object_key"]), row["content_type"] or "application/octet-stream"
 
-    def _render(self, row, preds, trace: bool) -> dict:
+    def _render(self, row, preds, trace: bool) -> Image:
         by_name = {p["classifier"]: p for p in preds}
         status = "failed" if row["status"] == "failed" else (
             "complete" if all(c in by_name for c in CLASSIFIERS) else "pending")
-        out = {
-            "image_id": str(row["image_id"]),
-            "status": status,
-            "object_key": row["object_key"],
-            "sha256": row["sha256"],
-            "uploaded_at": _iso(row["uploaded_at"]),
-            "model_version": row["bundle_version"],
-            "error": row["error"],
-            "predictions": {
-                name: {"label": p["label"], "confidence": round(p["confidence"], 4),
-                       "probabilities": dict(zip(self._labels(), [round(v, 4) for v in p["probabilities"]],
-                                                 strict=False)),
-                       "model_version": p["model_version"], "latency_ms": round(p["latency_ms"], 3),
-                       "created_at": _iso(p["created_at"])}
-                for name, p in sorted(by_name.items())
-            },
+        predictions = {
+            name: Prediction(p["label"], round(p["confidence"], 4),
+                             dict(zip(self._labels(), [round(v, 4) for v in p["probabilities"]], strict=False)),
+                             p["model_version"], round(p["latency_ms"], 3), _iso(p["created_at"]))
+            for name, p in sorted(by_name.items())
         }
         acc = by_name.get("accurate")
-        out["consensus"] = consensus([p["label"] for p in by_name.values()], acc["label"] if acc else None)
-        if trace:
-            out["trace"] = self._trace(row, by_name)
-        return out
+        return Image(str(row["image_id"]), status, predictions,
+                     consensus([p["label"] for p in by_name.values()], acc["label"] if acc else None),
+                     object_key=row["object_key"], sha256=row["sha256"], uploaded_at=_iso(row["uploaded_at"]),
+                     model_version=row["bundle_version"], error=row["error"],
+                     trace=self._trace(row, by_name) if trace else UNSET)
 
     def _labels(self) -> list[str]:
         try:
@@ -136,7 +127,7 @@ class DataPlane:
             return []
 
     @staticmethod
-    def _trace(row, by_name) -> list[dict]:
+    def _trace(row, by_name) -> list[TraceEvent]:
         up = row["uploaded_at"]
         events = [("upload_received", up), ("upload_accepted", row["accepted_at"]),
                   ("extraction_started", row["extract_started_at"]),
@@ -144,18 +135,18 @@ class DataPlane:
         events += [(f"classifier_{n}_finished", by_name[n]["created_at"]) for n in CLASSIFIERS if n in by_name]
         out, prev = [], None
         for name, ts in events:
-            item = {"event": name, "at": _iso(ts)}
+            item = TraceEvent(name, _iso(ts))
             if ts and up:
-                item["since_upload_ms"] = round((ts - up).total_seconds() * 1000, 2)
+                item.since_upload_ms = round((ts - up).total_seconds() * 1000, 2)
             if ts and prev:
-                item["since_previous_ms"] = round((ts - prev).total_seconds() * 1000, 2)
+                item.since_previous_ms = round((ts - prev).total_seconds() * 1000, 2)
             if name == "extraction_finished" and row["extract_cached"] is not None:
-                item["from_descriptor_table"] = bool(row["extract_cached"])
+                item.from_descriptor_table = bool(row["extract_cached"])
             out.append(item)
             prev = ts or prev
         return out
 
-    async def recent(self, limit: int, offset: int) -> dict:
+    async def recent(self, limit: int, offset: int) -> Page:
         rows = await self.rt.db.recent_images(limit, offset)
         preds = await self.rt.db.predictions_for([r["image_id"] for r in rows]) if rows else []
         grouped: dict = {}
@@ -165,55 +156,54 @@ class DataPlane:
         for r in rows:
             mine = [p for p in grouped.get(r["image_id"], []) if p["model_version"] == r["bundle_version"]]
             items.append(self._render(r, mine, trace=False))
-        return {"items": items, "limit": limit, "offset": offset,
-                "next": f"/predictions?limit={limit}&offset={offset + limit}" if len(rows) == limit else None}
+        return Page(items, limit, offset,
+                    f"/predictions?limit={limit}&offset={offset + limit}" if len(rows) == limit else None)
 
     # --- direct model calls ----------------------------------------------------------------------
-    async def extract(self, body: dict) -> dict:
+    async def extract(self, req: ExtractRequest) -> Descriptors:
         bundle = self.rt.bundle
         if bundle.extractor is None:
             raise ServiceUnavailable("this worker does not run the extractor role", code="role_not_served")
-        if not isinstance(body, dict) or not ({"image_id", "object_key"} & body.keys()):
+        if req.image_id is None and req.object_key is None:
             raise Unprocessable("send {\"image_id\": ...} or {\"object_key\": ...}", code="invalid_request")
-        if "image_id" in body:
-            image_id = parse_image_id(body["image_id"])
+        if req.image_id is not None:
+            image_id = parse_image_id(req.image_id)
             row = await self.rt.db.get_image(image_id)
             if row is None or not row["object_key"]:
                 raise NotFound(f"no image {image_id}", code="image_not_found")
             key = row["object_key"]
         else:
-            key = body["object_key"]
-            if not isinstance(key, str) or not key.startswith("raw-images/") or ".." in key:
+            key = req.object_key
+            if not key.startswith("raw-images/") or ".." in key:
                 raise Unprocessable("object_key must name an object under raw-images/", code="invalid_object_key")
         data = await self.rt.store.get(key)
         started = time.perf_counter()
         x = await self.rt.in_pool(self.rt.decode_pool, preprocess, data, bundle.extractor.spec, self.settings.max_pixels)
         desc = await self.rt.in_pool(self.rt.onnx_pool, bundle.descriptors, x[None])
-        return {"object_key": key, "model_version": bundle.version, "k": bundle.k,
-                "descriptors": [float(v) for v in desc[0]],
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+        return Descriptors(key, bundle.version, bundle.k, [float(v) for v in desc[0]],
+                           round((time.perf_counter() - started) * 1000, 3))
 
-    async def predict(self, classifier: str, body: dict) -> dict:
+    async def predict(self, classifier: str, req: PredictRequest) -> PredictResult:
         if classifier not in CLASSIFIERS:
             raise Unprocessable(f"unknown classifier {classifier!r}; choose from {', '.join(CLASSIFIERS)}",
                                 code="unknown_classifier")
         bundle = self.rt.bundle
-        values = body.get("descriptors") if isinstance(body, dict) else None
-        if not isinstance(values, list) or len(values) != bundle.k:
+        values = req.descriptors
+        if len(values) != bundle.k:
             raise Unprocessable(f"descriptors must be a list of {bundle.k} numbers", code="invalid_descriptors")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        if not all(math.isfinite(v) for v in values):
             raise Unprocessable("descriptors must be finite numbers (no NaN or infinity)", code="invalid_descriptors")
         import numpy as np
 
         started = time.perf_counter()
         p = (await self.rt.in_pool(self.rt.predict_pool, bundle.predict, classifier,
                                    np.asarray([values], np.float32)))[0]
-        return {"classifier": classifier, "model_version": bundle.version, "label": bundle.labels[int(p.argmax())],
-                "confidence": float(p.max()), "probabilities": dict(zip(bundle.labels, map(float, p), strict=True)),
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+        return PredictResult(classifier, bundle.version, bundle.labels[int(p.argmax())], float(p.max()),
+                             dict(zip(bundle.labels, map(float, p), strict=True)),
+                             round((time.perf_counter() - started) * 1000, 3))
 
     # --- dashboard -------------------------------------------------------------------------------
-    async def stats(self) -> dict:
+    async def stats(self) -> Stats:
         """Per-classifier latency percentiles and throughput, agreement, consumer lag."""
         from app.metrics import CONSUMER_LAG
 
@@ -223,15 +213,13 @@ class DataPlane:
         for metric in CONSUMER_LAG.collect():
             for sample in metric.samples:
                 lag[sample.labels["topic"]] = lag.get(sample.labels["topic"], 0) + sample.value
-        return {
-            "classifiers": {r["classifier"]: {"predictions_5m": r["n"], "per_second_1m": round(r["last_minute"] / 60, 2),
-                                              "latency_p50_ms": round(r["p50"], 3), "latency_p99_ms": round(r["p99"], 3)}
-                            for r in per},
-            "agreement": {"images": agree["images"], "unanimous": agree["unanimous"],
-                          "rate": round(agree["unanimous"] / agree["images"], 4) if agree["images"] else None},
-            "consumer_lag": lag,
-            "model_version": self._bundle_version(),
-        }
+        return Stats(
+            {r["classifier"]: ClassifierStats(r["n"], round(r["last_minute"] / 60, 2), round(r["p50"], 3),
+                                              round(r["p99"], 3)) for r in per},
+            Agreement(agree["images"], agree["unanimous"],
+                      round(agree["unanimous"] / agree["images"], 4) if agree["images"] else None),
+            lag, self._bundle_version(),
+        )
 
     def _bundle_version(self) -> str | None:
         try:
@@ -240,15 +228,15 @@ class DataPlane:
             return None
 
     # --- health ----------------------------------------------------------------------------------
-    async def health(self) -> tuple[bool, dict]:
+    async def health(self) -> tuple[bool, Health]:
         async def check(name, coro):
             try:
                 await asyncio.wait_for(coro, 6)
-                return name, {"ok": True}
+                return name, Check(True)
             except ImgstreamError as exc:
-                return name, {"ok": False, "error": exc.message}
+                return name, Check(False, exc.message)
             except Exception as exc:  # noqa: BLE001 - report, do not raise
-                return name, {"ok": False, "error": type(exc).__name__}
+                return name, Check(False, type(exc).__name__)
 
         results = dict(await asyncio.gather(
             check("kafka", broker.ping(self.settings, timeout=5)),
@@ -257,9 +245,9 @@ class DataPlane:
         ))
         try:
             b = self.rt.bundle
-            results["model"] = {"ok": True, "version": b.version, "backbone": b.manifest["backbone"], "k": b.k,
-                                "extractor_loaded": b.extractor is not None}
+            results["model"] = Check(True, version=b.version, backbone=b.manifest["backbone"], k=b.k,
+                                     extractor_loaded=b.extractor is not None)
         except ModelError as exc:
-            results["model"] = {"ok": False, "error": exc.message}
-        ok = all(v["ok"] for v in results.values())
-        return ok, {"status": "ok" if ok else "degraded", "roles": list(self.settings.roles), "checks": results}
+            results["model"] = Check(False, exc.message)
+        ok = all(v.ok for v in results.values())
+        return ok, Health("ok" if ok else "degraded", list(self.settings.roles), results)

@@ -12,12 +12,13 @@ import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
+from app.contracts import ExtractRequest, PredictRequest
 from app.dataplane import DataPlane
 from app.errors import (BadRequest, ImgstreamError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-                        UnsupportedMediaType)
+                        Unprocessable, UnsupportedMediaType)
 from app.metrics import REFUSED
 from app.settings import Settings
-from app.views.openapi import openapi
+from app.views.openapi import ROUTES, openapi
 
 log = logging.getLogger("imgstream.http")
 STATIC = Path(__file__).parent / "static"
@@ -125,12 +126,22 @@ async def _json_body(request: web.Request) -> dict:
     return body
 
 
+async def _json_request(request: web.Request, contract: type, code: str):
+    """The body as ``contract`` (app/contracts.py): 400 unless it is a JSON object, 422 with
+    ``code`` when the object does not fit the contract."""
+    body = await _json_body(request)
+    try:
+        return msgspec.convert(body, contract)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(f"invalid request: {exc}", code=code) from exc
+
+
 # --- handlers ----------------------------------------------------------------------------------
 async def upload(request: web.Request) -> web.Response:
     _authorize(request)
     body = await _upload_body(request, request.app[SETTINGS].max_upload_bytes)
     result = await request.app[DATAPLANE].upload(body)
-    return _json(result, 202, {"Location": result["links"]["prediction"]})
+    return _json(result, 202, {"Location": result.links.prediction})
 
 
 async def prediction(request: web.Request) -> web.Response:
@@ -160,12 +171,13 @@ async def predictions(request: web.Request) -> web.Response:
 
 async def extract(request: web.Request) -> web.Response:
     _authorize(request)
-    return _json(await request.app[DATAPLANE].extract(await _json_body(request)))
+    return _json(await request.app[DATAPLANE].extract(await _json_request(request, ExtractRequest, "invalid_request")))
 
 
 async def predict(request: web.Request) -> web.Response:
     _authorize(request)
-    return _json(await request.app[DATAPLANE].predict(request.match_info["classifier"], await _json_body(request)))
+    req = await _json_request(request, PredictRequest, "invalid_descriptors")
+    return _json(await request.app[DATAPLANE].predict(request.match_info["classifier"], req))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -196,14 +208,7 @@ def setup(app: web.Application, dataplane: DataPlane, settings: Settings) -> Non
     app[SETTINGS] = settings
     app.middlewares.append(errors)
     app.middlewares.append(wait_ready)
-    r = app.router
-    r.add_post("/upload", upload)
-    r.add_get("/predictions", predictions)
-    r.add_get("/predictions/{image_id}", prediction)
-    r.add_get("/images/{image_id}", image)
-    r.add_post("/extract", extract)
-    r.add_post("/predict/{classifier}", predict)
-    r.add_get("/health", health)
-    r.add_get("/openapi.json", openapi_json)
-    r.add_get("/dashboard", dashboard)
-    r.add_get("/stats", stats)
+    handlers = globals()
+    for route in ROUTES:  # the documented routes, and only them (app/views/openapi.py)
+        add = app.router.add_get if route.method == "get" else app.router.add_post
+        add(route.path, handlers[route.handler])

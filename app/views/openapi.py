@@ -1,101 +1,117 @@
-"""The OpenAPI 3 document served at ``/openapi.json`` (schemathesis checks the server against it)."""
+"""The OpenAPI 3.1 document served at ``/openapi.json``, generated from the route table below and
+the typed contracts of ``app/contracts.py`` (msgspec writes their JSON Schemas). ``api.setup``
+mounts exactly these routes (a test keeps the two equal) and schemathesis checks the running
+server against the document."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import msgspec
+
+from app import contracts as c
 from app.settings import Settings
-
-ERROR = {"$ref": "#/components/schemas/Error"}
-
-
-def _err(desc: str) -> dict:
-    return {"description": desc, "content": {"application/json": {"schema": ERROR}}}
+from models.domain import CLASSIFIERS
 
 
-def _ok(desc: str, schema: dict | None = None) -> dict:
-    return {"description": desc, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: str  # name of the function in app.views.api
+    summary: str
+    ok: tuple[int, str, type | None, str] = (200, "OK", None, "application/json")  # status, text, contract, media
+    request: type | None = None  # JSON body contract
+    errors: dict[int, str] = field(default_factory=dict)
+    params: tuple[dict, ...] = ()
+    writes: bool = False  # needs the bearer token when IMGSTREAM_API_TOKEN is set
+
+
+def _path(name: str, schema: dict | None = None) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
+
+
+def _query(name: str, schema: dict) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+IMAGE_ID = _path("image_id")
+ROUTES = (
+    Route("post", "/upload", "upload", "Upload an image (JPEG, PNG or WebP); answered 202 once stored and queued.",
+          ok=(202, "Accepted: stored in S3 and queued in Kafka", c.Accepted, "application/json"), writes=True,
+          errors={413: "Body or pixel count above the limit", 415: "Unsupported content type",
+                  422: "Not a decodable image"}),
+    Route("get", "/predictions", "predictions", "Recent images with their predictions, newest first.",
+          ok=(200, "A page of images", c.Page, "application/json"),
+          params=(_query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                  _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000}))),
+    Route("get", "/predictions/{image_id}", "prediction", "Status, three predictions and consensus for one image.",
+          ok=(200, "The image", c.Image, "application/json"), errors={404: "Unknown image id"},
+          params=(IMAGE_ID, _query("trace", {"type": "string"}), _query("model_version", {"type": "string"}))),
+    Route("get", "/images/{image_id}", "image", "The stored image's bytes (dashboard thumbnails).",
+          ok=(200, "The image", None, "image/*"), errors={404: "Unknown image id"}, params=(IMAGE_ID,)),
+    Route("post", "/extract", "extract", "Descriptors of a stored image, by image id or object key.",
+          ok=(200, "Descriptors", c.Descriptors, "application/json"), request=c.ExtractRequest, writes=True,
+          errors={404: "Unknown image", 422: "Neither image_id nor a valid object_key"}),
+    Route("post", "/predict/{classifier}", "predict", "Classify k descriptors with one classifier.",
+          ok=(200, "A prediction", c.PredictResult, "application/json"), request=c.PredictRequest, writes=True,
+          errors={422: "Unknown classifier, wrong length or non-finite descriptors"},
+          params=(_path("classifier", {"type": "string", "examples": list(CLASSIFIERS)}),)),
+    Route("get", "/health", "health", "Kafka, PostgreSQL, S3 and the model bundle, each checked.",
+          ok=(200, "All healthy", c.Health, "application/json"), errors={503: "Something is down"}),
+    Route("get", "/stats", "stats", "Per-classifier throughput and latency, agreement and consumer lag.",
+          ok=(200, "Live figures", c.Stats, "application/json")),
+    Route("get", "/openapi.json", "openapi_json", "This document.", ok=(200, "OpenAPI 3.1", None, "application/json")),
+    Route("get", "/dashboard", "dashboard", "The live dashboard.", ok=(200, "HTML", None, "text/html")),
+)
+# Served by Faust's Prometheus sensor, not by app.views.api.
+EXTERNAL = (Route("get", "/metrics", "", "Prometheus metrics.", ok=(200, "Prometheus text format", None, "text/plain")),)
+
+_HEALTH_DOWN = {"/health": c.Health}  # its 503 answers with the same document as its 200
+
+
+def _schema(contract: type | None, media: str) -> dict:
+    if contract is not None:
+        return {"$ref": f"#/components/schemas/{contract.__name__}"}
+    return {"type": "object"} if media == "application/json" else {"type": "string"}
 
 
 def openapi(settings: Settings) -> dict:
-    secured = [{"bearer": []}] if settings.api_token is not None else []
-    common = {"400": _err("Malformed request"), "503": _err("A dependency is unavailable; retry later")}
-    write = {"401": _err("Missing or wrong bearer token")} if secured else {}
-    image_id = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    secured = settings.api_token is not None
+    routes = ROUTES + EXTERNAL
+    types = [c.Error] + [t for r in routes for t in (r.ok[2], r.request) if t is not None]
+    _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    error = {"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    paths: dict = {}
+    for r in routes:
+        status, text, contract, media = r.ok
+        responses = {str(status): {"description": text, "content": {media: {"schema": _schema(contract, media)}}}}
+        refusals = {400: "Malformed request", 503: "A dependency is unavailable or the worker is starting; retry",
+                    **r.errors}
+        if r.writes and secured:
+            refusals[401] = "Missing or wrong bearer token"
+        for code, why in sorted(refusals.items()):
+            body = error if r.path not in _HEALTH_DOWN or code != 503 else {
+                "content": {"application/json": {"schema": _schema(_HEALTH_DOWN[r.path], "application/json")}}}
+            responses[str(code)] = {**body, "description": why}
+        op = {"operationId": r.handler or r.path.strip("/"), "summary": r.summary, "responses": responses}
+        if r.params:
+            op["parameters"] = list(r.params)
+        if r.request is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(r.request,
+                                                                                                     "application/json")}}}
+        if r.path == "/upload":
+            binary = {"type": "string", "format": "binary"}
+            op["requestBody"] = {"required": True, "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                                   "properties": {"file": binary}}},
+                **{t: {"schema": binary} for t in ("image/jpeg", "image/png", "image/webp")}}}
+        if r.writes and secured:
+            op["security"] = [{"bearer": []}]
+        paths.setdefault(r.path, {})[r.method] = op
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "imgstream", "version": "1", "description": "Stream-processing image classification."},
-        "paths": {
-            "/upload": {"post": {
-                "summary": "Upload an image (JPEG, PNG or WebP); answered 202 once stored and queued.",
-                "security": secured,
-                "requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
-                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                    "image/png": {"schema": {"type": "string", "format": "binary"}},
-                    "image/webp": {"schema": {"type": "string", "format": "binary"}},
-                }},
-                "responses": {"202": _ok("Accepted", {"$ref": "#/components/schemas/Accepted"}), **common, **write,
-                              "413": _err("Body or pixel count above the limit"),
-                              "415": _err("Unsupported content type"), "422": _err("Not a decodable image")},
-            }},
-            "/predictions": {"get": {
-                "summary": "Recent images with their predictions, newest first.",
-                "parameters": [
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
-                                                                  "maximum": 10_000_000}},
-                ],
-                "responses": {"200": _ok("A page of images", {"$ref": "#/components/schemas/Page"}), **common},
-            }},
-            "/predictions/{image_id}": {"get": {
-                "summary": "Status, three predictions and consensus for one image.",
-                "parameters": [image_id,
-                               {"name": "trace", "in": "query", "schema": {"type": "string"}},
-                               {"name": "model_version", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _ok("The image", {"$ref": "#/components/schemas/Image"}), **common,
-                              "404": _err("Unknown image id")},
-            }},
-            "/extract": {"post": {
-                "summary": "Descriptors of a stored image, by image id or object key.",
-                "security": secured,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"image_id": {"type": "string"}, "object_key": {"type": "string"}}}}}},
-                "responses": {"200": _ok("Descriptors"), **common, **write, "404": _err("Unknown image"),
-                              "422": _err("Neither image_id nor a valid object_key")},
-            }},
-            "/predict/{classifier}": {"post": {
-                "summary": "Classify k descriptors with one classifier.",
-                "security": secured,
-                "parameters": [{"name": "classifier", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["descriptors"],
-                    "properties": {"descriptors": {"type": "array", "items": {"type": "number"}}}}}}},
-                "responses": {"200": _ok("A prediction"), **common, **write,
-                              "422": _err("Unknown classifier, wrong length or non-finite descriptors")},
-            }},
-            "/health": {"get": {"summary": "Kafka, PostgreSQL, S3 and the model bundle, each checked.",
-                                "responses": {"200": _ok("All healthy"), "503": _ok("Something is down")}}},
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                    "type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-                "Accepted": {"type": "object", "required": ["image_id", "object_key", "sha256", "status", "links"],
-                             "properties": {"image_id": {"type": "string", "format": "uuid"},
-                                            "object_key": {"type": "string"}, "sha256": {"type": "string"},
-                                            "size": {"type": "integer"}, "content_type": {"type": "string"},
-                                            "status": {"type": "string"}, "links": {"type": "object"}}},
-                "Image": {"type": "object", "required": ["image_id", "status", "predictions", "consensus"],
-                          "properties": {"image_id": {"type": "string"},
-                                         "status": {"type": "string", "enum": ["pending", "complete", "failed"]},
-                                         "predictions": {"type": "object"}, "consensus": {"type": "object"},
-                                         "trace": {"type": "array", "items": {"type": "object"}}}},
-                "Page": {"type": "object", "required": ["items", "limit", "offset"],
-                         "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
-                                        "limit": {"type": "integer"}, "offset": {"type": "integer"},
-                                        "next": {"type": "string", "nullable": True}}},
-            },
-        },
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

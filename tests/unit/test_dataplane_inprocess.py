@@ -8,17 +8,24 @@ import io
 import uuid
 from datetime import UTC, datetime
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
 
 from agents import dead_letter
+from app.contracts import ExtractRequest, PredictRequest
 from app.dataplane import DataPlane, consensus
 from app.errors import BadRequest, InvalidImage, NotFound, ServiceUnavailable, TooManyPixels, Unprocessable
 from app.messages import ImageUploaded
 from app.storage.database import ImageProgress, PredictionRow
 from models.domain import CLASSIFIERS
 from tests.unit.inprocess import InProcessRuntime, app_for, image, settings, tiny_bundle
+
+
+def wire(result) -> dict:
+    """What a client receives: the typed result as JSON builtins."""
+    return msgspec.to_builtins(result)
 
 
 @pytest.fixture
@@ -31,7 +38,7 @@ def plane():
 async def test_upload_stores_the_object_produces_the_event_and_records_the_row(plane):
     dp, rt = plane
     data = image((255, 0, 0), salt="up")
-    body = await dp.upload(data)
+    body = wire(await dp.upload(data))
     key = body["object_key"]
     assert rt.store.objects[key] == data and key.startswith("raw-images/") and key.endswith(".png")
     (sent,) = rt.on(rt.settings.input_topic)
@@ -74,7 +81,7 @@ async def test_an_upload_kafka_did_not_confirm_leaves_no_object(plane, monkeypat
 async def test_an_upload_accepted_while_postgres_is_down_is_recorded_when_it_returns(plane):
     dp, rt = plane
     rt.db.down = 2
-    body = await dp.upload(image((0, 1, 0), salt="pg"))
+    body = wire(await dp.upload(image((0, 1, 0), salt="pg")))
     assert uuid.UUID(body["image_id"]) not in rt.db.uploads and len(rt.unrecorded) == 1
     for _ in range(100):
         if not rt.unrecorded:
@@ -92,11 +99,11 @@ async def _complete(rt, image_id: uuid.UUID, labels=("red", "red", "green")) -> 
 
 async def test_prediction_views_status_consensus_trace_and_errors(plane):
     dp, rt = plane
-    body = await dp.upload(image((200, 0, 0), salt="p"))
-    pending = await dp.prediction(body["image_id"])
+    body = wire(await dp.upload(image((200, 0, 0), salt="p")))
+    pending = wire(await dp.prediction(body["image_id"]))
     assert pending["status"] == "pending" and pending["predictions"] == {}
     await _complete(rt, uuid.UUID(body["image_id"]))
-    done = await dp.prediction(body["image_id"], trace=True)
+    done = wire(await dp.prediction(body["image_id"], trace=True))
     assert done["status"] == "complete" and set(done["predictions"]) == set(CLASSIFIERS)
     assert done["consensus"] == {"label": "red", "agreement": 2, "of": 3}
     assert done["predictions"]["fast"]["probabilities"] == {"red": 0.7, "green": 0.2, "blue": 0.1}
@@ -111,49 +118,49 @@ async def test_prediction_views_status_consensus_trace_and_errors(plane):
     with pytest.raises(NotFound):
         await dp.image(str(uuid.uuid4()))
     rt.db.failed[uuid.UUID(body["image_id"])] = "invalid_image: x"
-    assert (await dp.prediction(body["image_id"]))["status"] == "failed"
+    assert (await dp.prediction(body["image_id"])).status == "failed"
 
 
 def test_consensus_breaks_a_three_way_tie_with_the_accurate_classifier():
-    assert consensus(["a", "b", "c"], "c") == {"label": "c", "agreement": 1, "of": 3}
-    assert consensus([], None) == {"label": None, "agreement": 0}
+    assert wire(consensus(["a", "b", "c"], "c")) == {"label": "c", "agreement": 1, "of": 3}
+    assert wire(consensus([], None)) == {"label": None, "agreement": 0}
 
 
 async def test_recent_pages(plane):
     dp, rt = plane
     for i in range(3):
         await dp.upload(image((i, 0, 0), salt=f"r{i}"))
-    first = await dp.recent(2, 0)
+    first = wire(await dp.recent(2, 0))
     assert len(first["items"]) == 2 and first["next"] == "/predictions?limit=2&offset=2"
-    second = await dp.recent(2, 2)
+    second = wire(await dp.recent(2, 2))
     assert len(second["items"]) == 1 and second["next"] is None
 
 
 async def test_extract_and_predict_direct_calls(plane):
     dp, rt = plane
-    body = await dp.upload(image((0, 0, 255), salt="x"))
-    by_key = await dp.extract({"object_key": body["object_key"]})
-    by_id = await dp.extract({"image_id": body["image_id"]})
+    body = wire(await dp.upload(image((0, 0, 255), salt="x")))
+    by_key = wire(await dp.extract(ExtractRequest(object_key=body["object_key"])))
+    by_id = wire(await dp.extract(ExtractRequest(image_id=body["image_id"])))
     assert by_key["descriptors"] == by_id["descriptors"] and by_key["k"] == len(by_key["descriptors"]) == 4
-    pred = await dp.predict("accurate", {"descriptors": by_key["descriptors"]})
+    pred = wire(await dp.predict("accurate", PredictRequest(by_key["descriptors"])))
     assert pred["label"] in ("red", "green", "blue") and abs(sum(pred["probabilities"].values()) - 1) < 1e-6
-    for bad, code in (({"object_key": "../etc/passwd"}, "invalid_object_key"), ({}, "invalid_request"),
-                      ([], "invalid_request")):
+    for bad, code in ((ExtractRequest(object_key="../etc/passwd"), "invalid_object_key"),
+                      (ExtractRequest(), "invalid_request")):
         with pytest.raises(Unprocessable) as err:
             await dp.extract(bad)
         assert err.value.code == code
     with pytest.raises(NotFound):
-        await dp.extract({"image_id": str(uuid.uuid4())})
-    for bad in ({"descriptors": [1.0] * 3}, {"descriptors": [float("nan")] * 4}, {"descriptors": [True] * 4}, []):
+        await dp.extract(ExtractRequest(image_id=str(uuid.uuid4())))
+    for bad in (PredictRequest([1.0] * 3), PredictRequest([float("nan")] * 4), PredictRequest([float("inf")] * 4)):
         with pytest.raises(Unprocessable) as err:
             await dp.predict("fast", bad)
         assert err.value.code == "invalid_descriptors"
     with pytest.raises(Unprocessable) as err:
-        await dp.predict("slow", {"descriptors": [0.0] * 4})
+        await dp.predict("slow", PredictRequest([0.0] * 4))
     assert err.value.code == "unknown_classifier"
     rt.bundle.extractor = None
     with pytest.raises(ServiceUnavailable) as err:
-        await dp.extract({"object_key": body["object_key"]})
+        await dp.extract(ExtractRequest(object_key=body["object_key"]))
     assert err.value.code == "role_not_served"
 
 
@@ -164,10 +171,11 @@ async def test_stats_and_health_report_each_dependency(plane, monkeypatch):
         raise ServiceUnavailable("kafka unavailable: test")
 
     monkeypatch.setattr("app.dataplane.broker.ping", kafka_ping)
-    ok, body = await dp.health()
+    ok, health = await dp.health()
+    body = wire(health)
     assert not ok and body["checks"]["kafka"] == {"ok": False, "error": "kafka unavailable: test"}
     assert body["checks"]["postgres"]["ok"] and body["checks"]["s3"]["ok"] and body["checks"]["model"]["ok"]
-    stats = await dp.stats()
+    stats = wire(await dp.stats())
     assert stats["model_version"] == "v1" and stats["agreement"]["rate"] is None
 
 

@@ -1,0 +1,156 @@
+"""The HTTP API's request and response contracts, typed (msgspec): the views decode requests into
+them, the data plane returns them, and ``app/views/openapi.py`` generates the OpenAPI document
+from them, so the document cannot drift from what the server does."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+
+class Contract(msgspec.Struct):
+    """Base of every contract. A nullable field is always sent (``null``); a field typed with
+    ``UnsetType`` is sent only when it applies."""
+
+
+# --- errors ----------------------------------------------------------------------------------------
+class ErrorDetail(Contract):
+    code: str
+    message: str
+
+
+class Error(Contract):
+    """Every refusal, whatever the route: a stable machine-readable code and a message."""
+
+    error: ErrorDetail
+
+
+# --- upload ----------------------------------------------------------------------------------------
+class Links(Contract):
+    prediction: str
+    trace: str
+
+
+class Accepted(Contract):
+    """An upload stored in S3 and queued in Kafka (HTTP 202)."""
+
+    image_id: str
+    object_key: str
+    sha256: str
+    size: int
+    content_type: str
+    status: Literal["pending"]
+    links: Links
+
+
+# --- predictions -----------------------------------------------------------------------------------
+class Prediction(Contract):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_version: str
+    latency_ms: float
+    created_at: str | None = None
+
+
+class Consensus(Contract):
+    label: str | None
+    agreement: int
+    of: int | UnsetType = UNSET  # how many classifiers answered (absent while none has)
+
+
+class TraceEvent(Contract):
+    event: str
+    at: str | None = None
+    since_upload_ms: float | UnsetType = UNSET
+    since_previous_ms: float | UnsetType = UNSET
+    from_descriptor_table: bool | UnsetType = UNSET
+
+
+class Image(Contract):
+    """One image: its status, the predictions of its bundle, their consensus (and its timeline)."""
+
+    image_id: str
+    status: Literal["pending", "complete", "failed"]
+    predictions: dict[str, Prediction]
+    consensus: Consensus
+    object_key: str | None = None
+    sha256: str | None = None
+    uploaded_at: str | None = None
+    model_version: str | None = None
+    error: str | None = None
+    trace: list[TraceEvent] | UnsetType = UNSET  # with ?trace=1
+
+
+class Page(Contract):
+    items: list[Image]
+    limit: int
+    offset: int
+    next: str | None = None
+
+
+# --- direct model calls --------------------------------------------------------------------------
+class ExtractRequest(Contract):
+    """A stored image, by id or by object key (under raw-images/)."""
+
+    image_id: str | None = None
+    object_key: str | None = None
+
+
+class Descriptors(Contract):
+    object_key: str
+    model_version: str
+    k: int
+    descriptors: list[float]
+    latency_ms: float
+
+
+class PredictRequest(Contract):
+    descriptors: list[float]
+
+
+class PredictResult(Contract):
+    classifier: str
+    model_version: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    latency_ms: float
+
+
+# --- operations ------------------------------------------------------------------------------------
+class Check(Contract):
+    ok: bool
+    error: str | UnsetType = UNSET
+    version: str | UnsetType = UNSET
+    backbone: str | UnsetType = UNSET
+    k: int | UnsetType = UNSET
+    extractor_loaded: bool | UnsetType = UNSET
+
+
+class Health(Contract):
+    status: Literal["ok", "degraded"]
+    roles: list[str]
+    checks: dict[str, Check]
+
+
+class ClassifierStats(Contract):
+    predictions_5m: int
+    per_second_1m: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+
+class Agreement(Contract):
+    images: int
+    unanimous: int
+    rate: float | None = None
+
+
+class Stats(Contract):
+    classifiers: dict[str, ClassifierStats]
+    agreement: Agreement
+    consumer_lag: dict[str, float]
+    model_version: str | None = None
