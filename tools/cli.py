@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from app.cli import _bundle_path, _progress, _publish, _task_factory, console
+from app.cli_support import _bundle_path, _progress, _publish, _task_factory, console
 from app.settings import get_settings
 
 DEFAULT_DATA = Path("../shared/datasets/cifar10/train.tar.gz")

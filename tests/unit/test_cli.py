@@ -1,0 +1,20 @@
+"""The command line as the tests, the bench and the Docker image start it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_python_m_app_cli_runs_with_the_tooling_commands():
+    # ``python -m app.cli`` runs the module as __main__ while tools.cli imports its helpers: no
+    # import cycle may break it (the tests and the bench start every worker this way).
+    out = subprocess.run([sys.executable, "-m", "app.cli", "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for command in ("worker", "replay", "stack", "bench", "soak", "table-state"):
+        assert command in out.stdout
+    worker = subprocess.run([sys.executable, "-m", "app.cli", "worker", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert worker.returncode == 0 and "Run a Faust worker" in worker.stdout
