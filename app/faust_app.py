@@ -103,6 +103,14 @@ def create_app(settings: Settings) -> ImgstreamApp:
     if "dead-letter" in settings.roles:
         dead_letter.register(app, app.runtime)
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="imgstream_faust")
+    if settings.trace_memory_s:
+        from app.memtrace import MemoryTrace
+
+        trace = MemoryTrace()
+
+        @app.timer(settings.trace_memory_s, name="memory-trace")
+        async def memory_trace() -> None:
+            trace.tick()
     return app
 
 

@@ -119,8 +119,9 @@ class Settings(BaseSettings):
     """Directory of the table's RocksDB files (default <state_dir>/faust/<group>/tables-<host>-<web_port>:
     host name and web port tell apart two workers of one group sharing a volume or a host, and a
     worker restarted on the same host and port finds its own files)."""
-    table_cache_mb: int = Field(16, ge=1)
-    """RocksDB block cache of each table partition, in MB (reads of recent descriptors)."""
+    table_cache_mb: int = Field(4, ge=1)
+    """RocksDB block cache of each table partition, in MB (re-uploads' lookups; a miss reads one
+    block from the page cache)."""
     table_standby_replicas: int = Field(1, ge=0)
     """Workers besides the owner that keep a live copy of each table partition, so that when a
     worker dies its partitions move to one that has their state and replays only the tail."""
@@ -156,6 +157,10 @@ class Settings(BaseSettings):
     test_seek_delay_s: float = Field(0.0, ge=0)
     """Test-only: hold the consumer for this many seconds after it seeks to the committed offsets
     on a rebalance, which makes Faust's recovery race deterministic (0 = off)."""
+
+    trace_memory_s: float = Field(0.0, ge=0)
+    """Diagnostics: log a census of the worker's memory at this interval in seconds (RSS, the C
+    heap, Python's blocks, the object types that grew most since the first census; 0 = off)."""
 
     # --- logging -------------------------------------------------------------------------------
     log_level: str = "INFO"
