@@ -8,6 +8,7 @@ a worker running every role uses the consumer group ``<app_id>``, a worker runni
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 import faust
@@ -16,7 +17,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from app import faust_patches
 from app.dataplane import DataPlane
 from app.logs import configure_logging, json_logging_config
-from app.metrics import REGISTRY
+from app.metrics import HEAP_RELEASED, HEAP_TRIM_SECONDS, REGISTRY
 from app.runtime import Runtime, service_for
 from app.settings import Settings, get_settings
 
@@ -103,6 +104,17 @@ def create_app(settings: Settings) -> ImgstreamApp:
     if "dead-letter" in settings.roles:
         dead_letter.register(app, app.runtime)
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="imgstream_faust")
+    if settings.heap_trim_interval_s:
+        from app.memtrace import release_free_heap
+
+        @app.timer(settings.heap_trim_interval_s, name="heap-trim")
+        async def heap_trim() -> None:
+            started = time.perf_counter()
+            released = release_free_heap()
+            if released is not None:
+                HEAP_TRIM_SECONDS.observe(time.perf_counter() - started)
+                HEAP_RELEASED.inc(max(0.0, released) * 2**20)
+
     if settings.trace_memory_s:
         from app.memtrace import MemoryTrace
 

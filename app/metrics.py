@@ -53,6 +53,14 @@ TABLE_EXPIRED = Counter(
     "imgstream_descriptor_table_expired_total", "Descriptor-table entries deleted (with a changelog "
     "tombstone) for being older than IMGSTREAM_DESCRIPTOR_TTL_S.", registry=REGISTRY,
 )
+HEAP_RELEASED = Counter(
+    "imgstream_heap_released_bytes_total", "Resident memory the C heap gave back to the OS (periodic malloc_trim).",
+    registry=REGISTRY,
+)
+HEAP_TRIM_SECONDS = Histogram(
+    "imgstream_heap_trim_seconds", "Duration of one malloc_trim pass (it holds the allocator's locks meanwhile).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1), registry=REGISTRY,
+)
 DEAD_LETTERED = Counter(
     "imgstream_dead_lettered_total", "Messages sent to the dead-letter topic, by stage and reason code.",
     ["stage", "reason"], registry=REGISTRY,

@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     """Test-only: hold the consumer for this many seconds after it seeks to the committed offsets
     on a rebalance, which makes Faust's recovery race deterministic (0 = off)."""
 
+    heap_trim_interval_s: float = Field(60.0, ge=0)
+    """Every this many seconds the worker hands the C heap's free pages back to the OS (glibc's
+    malloc_trim; see app/memtrace.release_free_heap; 0 = never)."""
+
     trace_memory_s: float = Field(0.0, ge=0)
     """Diagnostics: log a census of the worker's memory at this interval in seconds (RSS, the C
     heap, Python's blocks, the object types that grew most since the first census; 0 = off)."""
