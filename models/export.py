@@ -106,9 +106,12 @@ def export(backbone: str, out: Path, weights: str | None, random_init: bool) -> 
 
 
 def reference(backbone: str, images: list[str], out: Path) -> None:
-    """torch/torchvision's preprocessing of ``images`` (what our numpy version replaces)."""
-    from PIL import Image
+    """torch/torchvision's preprocessing of ``images`` (what our numpy version replaces). Decoding
+    is ours (``models.preprocess.decode``: DCT-scaled JPEGs, EXIF orientation, 16-bit, alpha), so
+    serving's exact path is compared; torchvision does the geometry and the normalization."""
     from torchvision import transforms as T
+
+    from models.preprocess import decode
 
     spec = BACKBONES[backbone]
     tf = T.Compose([
@@ -118,7 +121,7 @@ def reference(backbone: str, images: list[str], out: Path) -> None:
         T.ConvertImageDtype(torch.float32),
         T.Normalize([m / 255 for m in spec.mean], [s / 255 for s in spec.std]),
     ])
-    batch = torch.stack([tf(Image.open(p).convert("RGB")) for p in images]).numpy()
+    batch = torch.stack([tf(decode(Path(p).read_bytes(), 10**9, spec.resize)) for p in images]).numpy()
     np.save(out, batch)
 
 

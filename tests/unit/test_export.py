@@ -71,13 +71,16 @@ def test_numpy_preprocessing_matches_torchvision(tmp_path, export_python, backbo
     photo = _photo()
     small = tmp_path / "odd.png"
     Image.open(photo).resize((97, 61)).save(small)  # a non-square, upscaled case too
+    large = tmp_path / "large.jpg"  # decoded with DCT scaling (shorter side >= 2x the resize)
+    Image.open(photo).resize((2400, 1600)).save(large, quality=90)
+    paths = (photo, small, large)
     ref = tmp_path / "ref.npy"
     proc = subprocess.run([str(export_python), "-m", "models.export", "reference", "--backbone", backbone,
-                           "--out", str(ref), str(photo), str(small)], cwd=exportenv.REPO_ROOT,
+                           "--out", str(ref), *map(str, paths)], cwd=exportenv.REPO_ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     theirs = np.load(ref)
-    ours = np.stack([preprocess(p.read_bytes(), BACKBONES[backbone]) for p in (photo, small)])
+    ours = np.stack([preprocess(p.read_bytes(), BACKBONES[backbone]) for p in paths])
     assert ours.shape == theirs.shape
     # Pillow does the resize in both; only float rounding differs.
     assert np.abs(ours - theirs).max() < 1e-4
