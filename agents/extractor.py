@@ -23,7 +23,7 @@ from app.errors import ImgstreamError, NotFound, Unprocessable
 from app.messages import ImageUploaded, Trace, encode_descriptors
 from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
 from app.runtime import Runtime
-from models.preprocess import preprocess
+from models.preprocess import normalize, preprocess
 from tables import descriptors as table_codec
 
 STAGE = "extractor"
@@ -42,12 +42,14 @@ class Item:
 
 
 async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
-    data = runtime.recent_uploads.pop(item.msg.object_key)
-    if data is None:
-        async with sem:
-            data = await retry_outages(f"fetching {item.msg.object_key}",
-                                       lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
     spec = runtime.bundle.extractor.spec
+    crop = runtime.recent_uploads.pop(item.msg.object_key, spec.name)
+    if crop is not None:  # decoded by this worker's upload handler
+        item.pixels = normalize(crop, spec)
+        return
+    async with sem:
+        data = await retry_outages(f"fetching {item.msg.object_key}",
+                                   lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
     item.pixels = await runtime.in_pool(runtime.decode_pool, preprocess, data, spec, runtime.settings.max_pixels)
 
 

@@ -98,6 +98,10 @@ def worker(
         os.environ["IMGSTREAM_WEB_PORT"] = str(web_port)
     get_settings.cache_clear()
     settings = get_settings()
+    if "extractor" in settings.roles:  # refuse a missing GPU provider now, not after the first rebalance
+        from models.extractor import check_providers
+
+        check_providers(settings.onnx_providers)
     from app import broker
     import asyncio
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import math
 import time
@@ -26,7 +27,8 @@ from msgspec import UNSET
 from app.runtime import Runtime
 from models.domain import CLASSIFIERS
 from app.storage.database import UploadRecord
-from models.preprocess import EXTENSIONS, FORMATS, decode, preprocess, probe
+from models.backbones import BackboneSpec
+from models.preprocess import EXTENSIONS, FORMATS, model_pixels, model_view, preprocess, probe, validate
 
 log = logging.getLogger("imgstream.dataplane")
 
@@ -47,6 +49,12 @@ def consensus(labels: list[str], tie_break: str | None) -> Consensus:
     return Consensus(label, votes, len(labels))
 
 
+def _model_view_png(data: bytes, spec: BackboneSpec, max_pixels: int) -> bytes:
+    buf = io.BytesIO()
+    model_view(data, spec, max_pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts else None
 
@@ -58,21 +66,30 @@ class DataPlane:
 
     # --- upload --------------------------------------------------------------------------------
     async def upload(self, body: bytes) -> Accepted:
-        """Validate, store at raw-images/YYYY/MM/DD/<uuid>.<ext>, produce, and only then answer."""
+        """Validate, store at raw-images/YYYY/MM/DD/<uuid>.<ext>, produce, and only then answer.
+
+        A worker with an extractor validates by decoding the image to the backbone's input crop and
+        keeps the crop for its own extractor: one decode per image. A front-only worker validates
+        with the cheapest decode that still reads the whole image (1/8 scale for JPEG)."""
         fmt, _, _ = probe(body, self.settings.max_pixels)
-        await self.rt.in_pool(self.rt.decode_pool, decode, body, self.settings.max_pixels)  # truncated/corrupt
+        spec = self._spec()
+        if spec is None:
+            await self.rt.in_pool(self.rt.decode_pool, validate, body, self.settings.max_pixels)
+            pixels = None
+        else:
+            pixels = await self.rt.in_pool(self.rt.decode_pool, model_pixels, body, spec, self.settings.max_pixels)
         image_id = uuid.uuid4()
         now = datetime.now(UTC)
         key = f"raw-images/{now:%Y/%m/%d}/{image_id}.{EXTENSIONS[fmt]}"
         sha = hashlib.sha256(body).hexdigest()
         msg = ImageUploaded(str(image_id), key, sha, len(body), FORMATS[fmt], time.time())
         await self.rt.store.put(key, body, FORMATS[fmt], sha256=sha)
-        if self.rt.needs_extractor:
-            self.rt.recent_uploads.put(key, body)
+        if pixels is not None:
+            self.rt.recent_uploads.put(key, spec.name, pixels)
         try:
             meta = await self.rt.send(self.rt.topics.input, sha.encode(), msg.dumps())
         except ServiceUnavailable:
-            self.rt.recent_uploads.pop(key)
+            self.rt.recent_uploads.pop(key, spec.name if spec else "")
             await self.rt.store.delete(key)  # nothing half-written: no event, no object
             raise
         record = UploadRecord(image_id, key, sha, len(body), FORMATS[fmt], now, datetime.now(UTC),
@@ -88,6 +105,16 @@ class DataPlane:
         return Accepted(str(image_id), key, sha, len(body), FORMATS[fmt], "pending",
                         Links(f"/predictions/{image_id}", f"/predictions/{image_id}?trace=1"))
 
+    def _spec(self) -> BackboneSpec | None:
+        """The co-located extractor's input spec; None without an extractor (or its bundle)."""
+        if not self.rt.needs_extractor:
+            return None
+        try:
+            extractor = self.rt.bundle.extractor
+        except ModelError:
+            return None
+        return extractor.spec if extractor is not None else None
+
     # --- predictions ---------------------------------------------------------------------------
     async def prediction(self, raw_id: str, trace: bool = False, model_version: str | None = None) -> Image:
         image_id = parse_image_id(raw_id)
@@ -97,11 +124,19 @@ class DataPlane:
         preds = await self.rt.db.get_predictions(image_id, model_version or row["bundle_version"])
         return self._render(row, preds, trace)
 
-    async def image(self, raw_id: str) -> tuple[bytes, str]:
+    async def image(self, raw_id: str, view: str = "stored") -> tuple[bytes, str]:
+        """The stored bytes, or (``view="model"``) the backbone's input crop as a PNG: the picture
+        the model saw, orientation, bit depth and transparency applied."""
+        if view not in ("stored", "model"):
+            raise BadRequest(f"view must be 'stored' or 'model', not {view!r}", code="invalid_view")
         row = await self.rt.db.get_image(parse_image_id(raw_id))
         if row is None or not row["object_key"]:
             raise NotFound("no such image", code="image_not_found")
-        return await self.rt.store.get(row["object_key"]), row["content_type"] or "application/octet-stream"
+        data = await self.rt.store.get(row["object_key"])
+        if view == "stored":
+            return data, row["content_type"] or "application/octet-stream"
+        spec = self.rt.bundle.backbone
+        return await self.rt.in_pool(self.rt.decode_pool, _model_view_png, data, spec, self.settings.max_pixels), "image/png"
 
     def _render(self, row, preds, trace: bool) -> Image:
         by_name = {p["classifier"]: p for p in preds}

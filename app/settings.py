@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     """onnxruntime intra-op threads per batch (0 = in workers cores / IMGSTREAM_ONNX_PARALLEL,
     at least 1; in training and evaluation every core)."""
 
+    onnx_providers: Annotated[tuple[str, ...], NoDecode] = ("CPUExecutionProvider",)
+    """onnxruntime execution providers of the extractor, in order of preference (comma-separated
+    in the env var), e.g. ``CUDAExecutionProvider,CPUExecutionProvider`` with onnxruntime-gpu
+    installed (the ``gpu`` extra; see the README). A provider this onnxruntime lacks is an error
+    at start, never a silent fall-back to the CPU."""
+
     # --- pipeline ------------------------------------------------------------------------------
     roles: Annotated[tuple[str, ...], NoDecode] = ROLES
     """Stages this worker runs (comma-separated in the env var): any of extractor,
@@ -108,7 +114,8 @@ class Settings(BaseSettings):
     """ONNX calls side by side per extractor batch: the batch is split into this many chunks, each
     run on its own thread (with cores / this many intra-op threads unless IMGSTREAM_ORT_THREADS)."""
     local_object_cache_mb: int = Field(64, ge=0)
-    """Uploads kept in memory (LRU, MB) so an extractor in the same worker skips the S3 GET (0 = off)."""
+    """Decoded crops of uploads kept in memory (LRU, MB; 150 KB per 224x224 crop) so an extractor
+    in the same worker neither fetches the image from S3 nor decodes it again (0 = off)."""
     fetch_concurrency: int = Field(16, ge=1)
     """Concurrent S3 fetches per extractor batch."""
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
@@ -177,6 +184,15 @@ class Settings(BaseSettings):
     def _groups(cls, value):
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(g.strip() for g in items if g.strip())
+
+    @field_validator("onnx_providers", mode="before")
+    @classmethod
+    def _providers(cls, value):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        out = tuple(p.strip() for p in items if p.strip())
+        if not out:
+            raise ValueError("name at least one onnxruntime execution provider")
+        return out
 
     @field_validator("roles", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.backbones import BACKBONES, BackboneSpec
 from models.errors import ModelError
 from models.classifier import Classifier
 from models.domain import CLASSIFIERS
@@ -37,6 +38,11 @@ class Bundle:
     @property
     def labels(self) -> list[str]:
         return self.manifest["labels"]
+
+    @property
+    def backbone(self) -> BackboneSpec:
+        """The input the backbone expects (also known without loading it: classifier-only workers)."""
+        return self.extractor.spec if self.extractor is not None else BACKBONES[self.manifest["backbone"]]
 
     @property
     def k(self) -> int:

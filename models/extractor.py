@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.backbones import BACKBONES, BackboneSpec
+from models.errors import ModelError
 from models.preprocess import preprocess
 
 
@@ -34,6 +35,19 @@ class FeatureExtractor:
         return self.run(np.stack([preprocess(b, self.spec, max_pixels) for b in images]))
 
 
+def check_providers(requested: list[str] | tuple[str, ...]) -> list[str]:
+    """``requested`` if this onnxruntime has every one of them; else a ModelError naming what is
+    missing and what is there (onnxruntime itself would only warn and fall back to the CPU)."""
+    available = ort.get_available_providers()
+    missing = [p for p in requested if p not in available]
+    if missing:
+        hint = (" (CUDA needs onnxruntime-gpu in place of onnxruntime: the 'gpu' extra, see the README)"
+                if "CUDAExecutionProvider" in missing else "")
+        raise ModelError(f"onnxruntime {ort.__version__} has no {', '.join(missing)}; "
+                         f"available: {', '.join(available)}{hint}")
+    return list(requested)
+
+
 def _session(onnx_path: Path, threads: int, providers: list[str] | None, spin: bool) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -42,4 +56,4 @@ def _session(onnx_path: Path, threads: int, providers: list[str] | None, spin: b
     # No busy-waiting between ops: in a worker the event loop, decoding and LightGBM share the
     # cores with ONNX, and spinning threads would take their time.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if not spin else "1")
-    return ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), opts, providers=check_providers(providers or ["CPUExecutionProvider"]))

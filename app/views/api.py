@@ -198,8 +198,9 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def image(request: web.Request) -> web.Response:
-    """The stored image bytes (for dashboard thumbnails)."""
-    data, content_type = await request.app[DATAPLANE].image(request.match_info["image_id"])
+    """The stored image bytes, or ``?view=model`` the picture the model saw (dashboard thumbnails)."""
+    data, content_type = await request.app[DATAPLANE].image(request.match_info["image_id"],
+                                                            request.query.get("view", "stored"))
     return web.Response(body=data, content_type=content_type, headers={"Cache-Control": "max-age=86400"})
 
 

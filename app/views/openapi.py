@@ -48,8 +48,11 @@ ROUTES = (
     Route("get", "/predictions/{image_id}", "prediction", "Status, three predictions and consensus for one image.",
           ok=(200, "The image", c.Image, "application/json"), errors={404: "Unknown image id"},
           params=(IMAGE_ID, _query("trace", {"type": "string"}), _query("model_version", {"type": "string"}))),
-    Route("get", "/images/{image_id}", "image", "The stored image's bytes (dashboard thumbnails).",
-          ok=(200, "The image", None, "image/*"), errors={404: "Unknown image id"}, params=(IMAGE_ID,)),
+    Route("get", "/images/{image_id}", "image",
+          "The stored image's bytes, or with view=model the backbone's input crop as PNG (what the model saw: "
+          "orientation, bit depth and transparency applied; the dashboard's thumbnails).",
+          ok=(200, "The image", None, "image/*"), errors={400: "Unknown view", 404: "Unknown image id"},
+          params=(IMAGE_ID, _query("view", {"type": "string", "enum": ["stored", "model"]}))),
     Route("post", "/extract", "extract", "Descriptors of a stored image, by image id or object key.",
           ok=(200, "Descriptors", c.Descriptors, "application/json"), request=c.ExtractRequest, writes=True,
           errors={404: "Unknown image", 422: "Neither image_id nor a valid object_key"}),

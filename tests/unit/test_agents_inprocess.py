@@ -10,6 +10,7 @@ import pytest
 
 from agents import classifiers, dead_letter, extractor
 from app.messages import DeadLetter, Trace, decode_descriptors
+from models.preprocess import model_pixels, preprocess
 from tables import descriptors as table_codec
 from tests.unit.inprocess import (InProcessRuntime, app_for, descriptor_event, image, settings, tiny_bundle, until,
                                   upload_event)
@@ -60,6 +61,33 @@ async def test_a_reupload_is_answered_from_the_table_without_the_backbone(extrac
         await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 2)
     assert bundle.extractor.images == 1
     assert Trace.from_headers(runtime.on(runtime.settings.features_topic)[1].headers).cached is True
+
+
+async def test_a_crop_decoded_at_upload_is_extracted_without_fetching_or_decoding_again(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    spec = bundle.extractor.spec
+    data = image((40, 200, 90), salt="crop")
+    own, stale = upload_event(runtime, data), upload_event(runtime, image((40, 200, 90), salt="stale"))
+    for event in (own, stale):
+        key = f"raw-images/test/{event[0]}.png"
+        crop = model_pixels(runtime.store.objects[key], spec)
+        runtime.recent_uploads.put(key, spec.name if event is own else "another-backbone", crop)
+    del runtime.store.objects[f"raw-images/test/{own[0]}.png"]  # only the crop can answer for it
+    fetched = []
+    get = runtime.store.get
+    runtime.store.get = lambda key: fetched.append(key) or get(key)
+    async with _agent(app, "extractor").test_context() as agent:
+        for _, key, value in (own, stale):
+            await agent.put(value, key=key, wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 2)
+    assert not runtime.on(runtime.settings.dead_letter_topic)
+    # a crop made for another backbone (a bundle swap in between) is not used: fetched and decoded
+    assert fetched == [f"raw-images/test/{stale[0]}.png"] and not runtime.recent_uploads.items
+    ids, values = zip(*(decode_descriptors(m.value)[:2] for m in runtime.on(runtime.settings.features_topic)),
+                      strict=True)
+    assert [str(i) for i in ids] == [own[0], stale[0]]
+    expected = bundle.descriptors(np.stack([preprocess(data, spec)]))[0]
+    assert np.allclose(values[0], expected, atol=1e-5)
 
 
 async def test_undecodable_and_missing_images_are_dead_lettered_and_the_batch_goes_on(extractor_rig):

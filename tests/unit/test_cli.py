@@ -1,5 +1,6 @@
 """The command line as the tests, the bench and the Docker image start it."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,12 @@ def test_python_m_app_cli_runs_with_the_tooling_commands():
     worker = subprocess.run([sys.executable, "-m", "app.cli", "worker", "--help"], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
     assert worker.returncode == 0 and "Run a Faust worker" in worker.stdout
+
+
+def test_a_worker_asking_for_a_provider_onnxruntime_lacks_refuses_to_start():
+    # onnxruntime alone would warn and run on the CPU: a GPU deployment must not silently do that.
+    env = {**os.environ, "IMGSTREAM_ONNX_PROVIDERS": "NoSuchExecutionProvider,CPUExecutionProvider"}
+    out = subprocess.run([sys.executable, "-m", "app.cli", "worker"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 1
+    assert "has no NoSuchExecutionProvider" in out.stderr and "CPUExecutionProvider" in out.stderr

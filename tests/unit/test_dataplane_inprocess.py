@@ -20,6 +20,7 @@ from app.errors import BadRequest, InvalidImage, NotFound, ServiceUnavailable, T
 from app.messages import ImageUploaded
 from app.storage.database import ImageProgress, PredictionRow
 from models.domain import CLASSIFIERS
+from models.preprocess import model_pixels
 from tests.unit.inprocess import InProcessRuntime, app_for, image, settings, tiny_bundle
 
 
@@ -47,7 +48,10 @@ async def test_upload_stores_the_object_produces_the_event_and_records_the_row(p
     record = rt.db.uploads[uuid.UUID(body["image_id"])]
     assert (record.input_partition, record.input_offset, record.deployment) == (0, 0, rt.settings.deployment)
     assert body["links"]["prediction"] == f"/predictions/{body['image_id']}"
-    assert rt.recent_uploads.pop(key) == data  # kept for the extractor of this worker (every role)
+    # decoded once, to the backbone's crop, kept for the extractor of this worker
+    spec = rt.bundle.extractor.spec
+    crop = rt.recent_uploads.pop(key, spec.name)
+    assert crop.shape == (spec.size, spec.size, 3) and (crop == model_pixels(data, spec)).all()
 
 
 async def test_bad_uploads_are_refused_before_anything_is_written(plane):

@@ -4,9 +4,12 @@ contracts, and covers exactly the routes the server mounts."""
 
 from __future__ import annotations
 
+import io
 import uuid
 
+import numpy as np
 import pytest
+from PIL import Image as PILImage
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -46,6 +49,13 @@ async def test_upload_then_read_the_image_back_through_the_api(client):
     assert r.status == 200 and (await r.json())["status"] == "pending"
     r = await client.get(f"/images/{body['image_id']}")
     assert r.status == 200 and await r.read() == data
+    r = await client.get(f"/images/{body['image_id']}?view=model")  # the crop the model saw
+    seen = PILImage.open(io.BytesIO(await r.read()))
+    size = client.runtime.bundle.backbone.size
+    assert r.status == 200 and r.content_type == "image/png" and seen.size == (size, size)
+    assert np.asarray(seen.convert("RGB"))[size // 2, size // 2].tolist() == [250, 10, 10]
+    r = await client.get(f"/images/{body['image_id']}?view=thumbnail")
+    assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_view"
     r = await client.post("/extract", json={"image_id": body["image_id"]})
     desc = (await r.json())["descriptors"]
     r = await client.post("/predict/fast", json={"descriptors": desc})
