@@ -162,6 +162,8 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         quick: bool = typer.Option(False, help="a short run (< 2 min) that proves the benchmark works"),
         data: Path = typer.Option(DEFAULT_DATA, help="labelled images to send (archive or folder)"),
         out: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="markdown report; the PNG and JSON go beside it"),
+        baseline: str = typer.Option(None, help="git ref whose workers also run the photo phase, for a before/after "
+                                     "in this one run"),
     ) -> None:
         """Measure imgstream against the hardware limit, the original design and a plain HTTP service."""
         import asyncio
@@ -169,7 +171,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         from tools.bench import report, runner
 
         _stop_children_on_sigterm()
-        result = asyncio.run(runner.Bench(get_settings(), quick, data, out, log=console.print).run())
+        result = asyncio.run(runner.Bench(get_settings(), quick, data, out, log=console.print, baseline=baseline).run())
         out.parent.mkdir(parents=True, exist_ok=True)
         png = out.with_suffix(".png")
         report.plot(result, png)

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.e2e
 
 def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--quick", "--data", str(dataset), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--quick", "--data", str(dataset), "--out", str(out),
+                           "--baseline", "HEAD"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
     for section in ("against the hardware limit", "Open-loop latency", "Sizes and per-prediction cost", "Peers",
@@ -33,3 +33,14 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     lim = result["limit"]
     assert lim["images_per_s"] == max(lim["extractor"]["images_per_s"], lim["ort_default"]["images_per_s"])
     assert lim["extractor"]["parallel_chunks"] >= 1 and lim["cpu_ms_per_image"] > 0
+    # photos: every size through the pipeline, the baseline's workers (a worktree at HEAD) too
+    photos = result["photos"]
+    assert list(photos["sizes"]) == ["640x480", "1920x1080", "4032x3024"] and photos["baseline"].startswith("HEAD")
+    for name, row in photos["sizes"].items():
+        assert row["imgstream"]["saturation"]["images"] == 48 and row["baseline"]["saturation"]["images"] == 48, name
+        assert row["imgstream"]["open_loop"][0]["accepted"] == row["imgstream"]["open_loop"][0]["sent"], name
+        assert row["limit"]["images_per_s"] > 0 and row["sync"]["images_per_s"] > 0, name
+    assert photos["sizes"]["4032x3024"]["mean_bytes"] > 1_000_000
+    assert "does not fit Kafka" in photos["sizes"]["4032x3024"]["before"]["skipped"]
+    assert photos["sizes"]["640x480"]["before"]["images"] == 24
+    assert "## 10. Photos" in text and "Baseline: the same phase run by workers checked out at `HEAD" in text

@@ -28,7 +28,7 @@ from models.domain import CLASSIFIERS
 from app.storage.database import Database, ImageProgress, PredictionRow
 from app.storage.objectstore import ObjectStore
 from models.bundle import Bundle
-from models.preprocess import decode, preprocess, probe
+from models.preprocess import preprocess, probe
 
 
 async def _load(settings: Settings, threads: int, wide_threads: int | None = None) -> tuple[Bundle, ObjectStore, Database]:
@@ -65,8 +65,7 @@ async def sync_server(settings: Settings, port: int) -> None:
         key = f"bench-sync/{image_id}.jpg"
 
         def compute(wide: bool):
-            decode(body, settings.max_pixels)
-            x = preprocess(body, bundle.extractor.spec)[None]
+            x = preprocess(body, bundle.extractor.spec, settings.max_pixels)[None]  # refuses corrupt data too
             d = bundle.descriptors(x, wide)
             return d, _rows(bundle, image_id, d, CLASSIFIERS, version, 0.0)
 

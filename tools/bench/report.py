@@ -211,4 +211,51 @@ def markdown(r: dict, png_name: str) -> str:
     elif r["quick"]:
         lines += ["## 6-8.", "", "Scaling, per-role memory and ResNet50 are measured by the full `imgstream bench`, "
                   "not by `--quick`.", ""]
+    if "photos" in r:
+        lines += _photos(r["photos"])
     return "\n".join(lines)
+
+
+def _photos(ph: dict) -> list[str]:
+    base = ph.get("baseline")
+    lines = ["## 10. Photos", "",
+             "JPEGs made from the two photos scikit-learn ships (tools/bench/photos.py: resized, cropped, a little "
+             "sensor-like noise, quality 92; every upload distinct bytes, so the descriptor table never answers). "
+             "Limit: bare onnxruntime doing the extractor's work on the same photos. End to end: upload accepted "
+             "-> third prediction committed, at 10 % of imgstream's saturation." +
+             (f" Baseline: the same phase run by workers checked out at `{base}`, in this run." if base else ""), "",
+             "| size | MB per JPEG | limit images/s | imgstream images/s | ratio to limit | end to end p50 / p99 ms "
+             "| upload HTTP p50 ms | worker CPU ms per image |" + (" baseline images/s | speed-up |" if base else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if base else "")]
+    for name, row in ph["sizes"].items():
+        im = row["imgstream"]
+        sat = im["saturation"]["images_per_s"]
+        o = im["open_loop"][0] if im["open_loop"] else {}
+        cpu = im["saturation"].get("cpu", {}).get("ms_per_image", {}).get("worker")
+        cells = [name, _f(row["mean_bytes"] / 1e6, ".2f"), _f(row["limit"]["images_per_s"]), _f(sat),
+                 _f(sat / row["limit"]["images_per_s"], ".2f"),
+                 f"{_f(o.get('end_to_end_50_ms'))} / {_f(o.get('end_to_end_99_ms'))}", _f(o.get("upload_http_p50_ms")),
+                 _f(cpu)]
+        if base:
+            b = row["baseline"]["saturation"]["images_per_s"]
+            cells += [_f(b), _f(sat / b, ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Peers on the same photos (throughput as a ratio to imgstream's):", "",
+              "| size | synchronous HTTP peer images/s | ratio | 'before' design images/s | ratio |", "|---|---|---|---|---|"]
+    for name, row in ph["sizes"].items():
+        sat = row["imgstream"]["saturation"]["images_per_s"]
+        s, b = row["sync"], row["before"]
+        before = ([_f(b["images_per_s"]), _f(b["images_per_s"] / sat, ".2f")] if "images_per_s" in b
+                  else [b["skipped"], "-"])
+        lines.append(f"| {name} | {_f(s['images_per_s'])} | {_f(s['images_per_s'] / sat, '.2f')} | " + " | ".join(before)
+                     + " |")
+    if "4032x3024" in ph["sizes"]:
+        row = ph["sizes"]["4032x3024"]
+        o = row["imgstream"]["open_loop"][0] if row["imgstream"]["open_loop"] else {}
+        p50 = o.get("end_to_end_50_ms")
+        lines += ["", f"4032x3024: end to end p50 at 10 % load {_f(p50)} ms (target <= 60 ms: "
+                      f"{'met' if p50 is not None and p50 <= 60 else 'NOT met'})."]
+        if base:
+            speed = row["imgstream"]["saturation"]["images_per_s"] / row["baseline"]["saturation"]["images_per_s"]
+            lines[-1] += f" Throughput {_f(speed, '.2f')}x the baseline's (target >= 5x: {'met' if speed >= 5 else 'NOT met'})."
+    return lines + [""]

@@ -10,7 +10,10 @@ so the descriptor table never short-cuts an extraction):
 5. peers: a plain synchronous HTTP service, and the original "before" design (full images
    through Kafka, a backbone per classifier);
 6. scaling: 1 vs 2 worker processes on 4 partitions; 7. peak RSS per worker role;
-8. ResNet50 with random weights (speed only); 9. GPU, where one is lent (here: none).
+8. ResNet50 with random weights (speed only); 9. GPU, where one is lent (here: none);
+10. photos: JPEGs at 640x480, 1920x1080 and 4032x3024 (tools/bench/photos.py), each size with its
+   bare limit, imgstream at saturation and at 10 % load, and the peers; with ``--baseline REF``
+   the same phase also runs workers checked out at git ref REF, for a before/after in one run.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from models.bundle import Bundle
 from models.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[2]
+KAFKA_DEFAULT_MESSAGE_BYTES = 1_000_000  # message.max.bytes / max.request.size defaults, about 1 MB
 
 
 def machine() -> dict:
@@ -97,7 +101,8 @@ async def wait_http(url: str, timeout: float = 120, proc: Process | None = None)
 
 
 class Bench:
-    def __init__(self, settings: Settings, quick: bool, source: Path, out: Path, log=print) -> None:
+    def __init__(self, settings: Settings, quick: bool, source: Path, out: Path, log=print,
+                 baseline: str | None = None) -> None:
         self.settings, self.quick, self.source, self.out, self.log = settings, quick, source, out, log
         self.run_id = uuid.uuid4().hex[:6]
         self.logs = settings.state_dir / "bench" / self.run_id
@@ -105,6 +110,7 @@ class Bench:
         self.result: dict = {"quick": quick, "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.dsn = settings.postgres_dsn.get_secret_value()
         self.n = 160 if quick else 600
+        self.baseline = baseline
 
     # --- processes ------------------------------------------------------------------------------
     def env(self, tag: str, **extra: str) -> dict[str, str]:
@@ -113,15 +119,18 @@ class Bench:
                 "IMGSTREAM_FEATURES_TOPIC": f"{u}-image-features-stream",
                 "IMGSTREAM_DEAD_LETTER_TOPIC": f"{u}-images-dead-letter", **extra}
 
-    def spawn(self, argv: list[str], env: dict[str, str], name: str) -> Process:
-        p = Process(name, self.logs / f"{name}.log").start(argv, env=env, cwd=REPO)
+    def spawn(self, argv: list[str], env: dict[str, str], name: str, cwd: Path = REPO) -> Process:
+        p = Process(name, self.logs / f"{name}.log").start(argv, env=env, cwd=cwd)
         self.procs.append(p)
         return p
 
-    async def worker(self, env: dict[str, str], name: str, roles: str | None = None) -> tuple[Process, str]:
+    async def worker(self, env: dict[str, str], name: str, roles: str | None = None,
+                     cwd: Path = REPO) -> tuple[Process, str]:
+        """A worker of this checkout, or (``cwd``) of another one: ``python -m`` imports the
+        packages of its working directory first."""
         port = _free_port()
         extra = {"IMGSTREAM_WEB_PORT": str(port), **({"IMGSTREAM_ROLES": roles} if roles else {})}
-        p = self.spawn([sys.executable, "-m", "app.cli", "worker", "-l", "warn"], {**env, **extra}, name)
+        p = self.spawn([sys.executable, "-m", "app.cli", "worker", "-l", "warn"], {**env, **extra}, name, cwd=cwd)
         url = f"http://127.0.0.1:{port}"
         await wait_http(f"{url}/health", proc=p)
         return p, url
@@ -203,9 +212,10 @@ class Bench:
                 **{f"{k}_{q}_ms": 1000 * load.pct(v, q) for k, v in st.items() for q in (50, 95, 99)},
                 "upload_http_p50_ms": 1000 * load.pct(res.client_latency_s, 50)}
 
-    async def pipeline(self, tag: str, bundle_env: dict[str, str], images: Images, levels: bool = True) -> dict:
+    async def pipeline(self, tag: str, bundle_env: dict[str, str], images: Images, levels: bool = True,
+                       fractions: tuple[float, ...] = (0.1, 0.5, 0.8), cwd: Path = REPO) -> dict:
         env = self.env(tag, **bundle_env)
-        proc, url = await self.worker(env, f"{tag}-worker")
+        proc, url = await self.worker(env, f"{tag}-worker", cwd=cwd)
         await self.saturate(url, images.take(32))  # warm-up: JIT, connections, batch shapes
         sat = await self.saturate(url, images.take(self.n),
                                   cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)})
@@ -217,7 +227,7 @@ class Bench:
                                                     for r in sat["responses"]]))
         if levels:
             duration = 6.0 if self.quick else 20.0
-            for frac in (0.1, 0.5, 0.8):
+            for frac in fractions:
                 rate = frac * sat["images_per_s"]
                 n = int(rate * duration * 1.5) + 10
                 self.log(f"  open loop at {frac:.0%} of saturation: {rate:.1f} images/s for {duration:.0f}s")
@@ -353,6 +363,56 @@ class Bench:
             raise RuntimeError("ResNet50 pipeline faster than its own limit: the wrong bundle was loaded")
         return {"limit": lim, "pipeline": pipe, "bundle": bundle.version}
 
+    async def photos(self, path: Path) -> dict:
+        """Each photo size: the bare limit (the extractor's configuration), imgstream at saturation
+        and at 10 % of it, the synchronous peer, the 'before' design where Kafka can carry the
+        photo, and with a baseline ref the same pipeline phase run by that ref's workers."""
+        from tools.bench.photos import SIZES, Photos
+
+        s = self.settings
+        bundle = Bundle.load(path, threads=s.worker_ort_threads, wide_threads=s.worker_wide_threads)
+        worktree = self._baseline_worktree() if self.baseline else None
+        saved_n, self.n = self.n, 48 if self.quick else 240
+        out: dict = {"sizes": {}, "baseline": self.baseline}
+        try:
+            for w, h in SIZES:
+                name = f"{w}x{h}"
+                photos = Photos((w, h), self.run_id)
+                self.log(f"   {name}: {photos.mean_bytes / 1e6:.2f} MB per JPEG on average")
+                row: dict = {"mean_bytes": photos.mean_bytes,
+                             "limit": self.limit(bundle, photos.take(32 if self.quick else 96), s.extract_batch_size,
+                                                 s.onnx_parallel)}
+                row["imgstream"] = await self.pipeline(f"photo-{name}", {}, photos, fractions=(0.1,))
+                sat = row["imgstream"]["saturation"]["images_per_s"]
+                self.log(f"   {name}: limit {row['limit']['images_per_s']:.1f}, imgstream {sat:.1f} images/s")
+                if worktree is not None:
+                    row["baseline"] = await self.pipeline(f"photo-{name}-base", {}, photos, fractions=(0.1,),
+                                                          cwd=worktree)
+                    self.log(f"   {name}: baseline {self.baseline}: "
+                             f"{row['baseline']['saturation']['images_per_s']:.1f} images/s")
+                row["sync"] = await self.sync_peer(photos, 0.1 * sat)
+                if photos.mean_bytes < KAFKA_DEFAULT_MESSAGE_BYTES:
+                    row["before"] = await self.before_peer(photos, 24 if self.quick else 96, 0.1 * sat)
+                else:
+                    row["before"] = {"skipped": f"a {photos.mean_bytes / 1e6:.1f} MB photo does not fit Kafka's "
+                                                f"default 1 MB message limit, which the 'before' design sends it in"}
+                out["sizes"][name] = row
+        finally:
+            self.n = saved_n
+            if worktree is not None:
+                subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, check=False,
+                               capture_output=True)
+        return out
+
+    def _baseline_worktree(self) -> Path:
+        worktree = self.logs / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), self.baseline], cwd=REPO, check=True,
+                       capture_output=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=worktree, check=True,
+                                capture_output=True, text=True).stdout.strip()
+        self.baseline = f"{self.baseline} ({commit})" if commit not in self.baseline else self.baseline
+        return worktree
+
     async def run(self) -> dict:
         s = self.settings
         images = Images(self.source, 2400 if self.quick else 9000)
@@ -380,6 +440,8 @@ class Bench:
                 self.result["roles_rss_mb"] = await self.roles(images)
                 self.log("8. ResNet50 (random weights, speed only)")
                 self.result["resnet50_random"] = await self.resnet(images)
+            self.log("10. photos")
+            self.result["photos"] = await self.photos(path)
             self.result["gpu"] = gpu_note()
         finally:
             self.stop_all()
