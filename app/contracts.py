@@ -130,6 +130,12 @@ class Check(Contract):
     extractor_loaded: bool | UnsetType = UNSET
 
 
+class Liveness(Contract):
+    status: Literal["alive"]
+    uptime_s: float
+    loop_lag_ms: float
+
+
 class Health(Contract):
     status: Literal["ok", "degraded"]
     roles: list[str]

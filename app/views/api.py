@@ -61,7 +61,7 @@ async def errors(request: web.Request, handler):
 async def wait_ready(request: web.Request, handler):
     """Faust may start serving HTTP before this worker's resources are up: wait a little, then 503."""
     ready = request.app[DATAPLANE].rt.ready
-    if not ready.is_set() and request.path not in ("/health", "/metrics"):
+    if not ready.is_set() and request.path not in ("/live", "/ready", "/health", "/metrics"):
         try:
             await asyncio.wait_for(ready.wait(), 10)
         except asyncio.TimeoutError:
@@ -178,6 +178,15 @@ async def predict(request: web.Request) -> web.Response:
     _authorize(request)
     req = await _json_request(request, PredictRequest, "invalid_descriptors")
     return _json(await request.app[DATAPLANE].predict(request.match_info["classifier"], req))
+
+
+async def live(request: web.Request) -> web.Response:
+    return _json(await request.app[DATAPLANE].live())
+
+
+async def ready(request: web.Request) -> web.Response:
+    ok, body = await request.app[DATAPLANE].health()
+    return _json(body, 200 if ok else 503)
 
 
 async def health(request: web.Request) -> web.Response:

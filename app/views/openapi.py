@@ -60,7 +60,12 @@ ROUTES = (
           ok=(200, "A prediction", c.PredictResult, "application/json"), request=c.PredictRequest, writes=True,
           errors={422: "Unknown classifier, wrong length or non-finite descriptors"},
           params=(_path("classifier", {"type": "string", "examples": list(CLASSIFIERS)}),)),
-    Route("get", "/health", "health", "Kafka, PostgreSQL, S3 and the model bundle, each checked.",
+    Route("get", "/live", "live", "Liveness: the process and its event loop answer (nothing outside the "
+          "process is asked, so an outage of Kafka, PostgreSQL or S3 never gets a worker restarted).",
+          ok=(200, "Alive", c.Liveness, "application/json")),
+    Route("get", "/ready", "ready", "Readiness: Kafka, PostgreSQL, S3 and the model bundle, each checked.",
+          ok=(200, "Ready", c.Health, "application/json"), errors={503: "Something is down"}),
+    Route("get", "/health", "health", "The same checks as /ready (kept for Docker health checks and scripts).",
           ok=(200, "All healthy", c.Health, "application/json"), errors={503: "Something is down"}),
     Route("get", "/stats", "stats", "Per-classifier throughput and latency, agreement and consumer lag.",
           ok=(200, "Live figures", c.Stats, "application/json")),
@@ -70,7 +75,7 @@ ROUTES = (
 # Served by Faust's Prometheus sensor, not by app.views.api.
 EXTERNAL = (Route("get", "/metrics", "", "Prometheus metrics.", ok=(200, "Prometheus text format", None, "text/plain")),)
 
-_HEALTH_DOWN = {"/health": c.Health}  # its 503 answers with the same document as its 200
+_HEALTH_DOWN = {"/health": c.Health, "/ready": c.Health}  # its 503 answers with the same document as its 200
 
 
 def _schema(contract: type | None, media: str) -> dict:

@@ -4,6 +4,7 @@ contracts, and covers exactly the routes the server mounts."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 
@@ -94,3 +95,29 @@ async def test_refusals_of_uploads(client):
     assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_parameter"
     r = await client.get("/nowhere")
     assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_liveness_ignores_outages_that_readiness_reports(client, monkeypatch):
+    """A pod must not be restarted because PostgreSQL is down: /live asks nothing outside the
+    process, /ready (and /health) check every dependency and answer 503."""
+    async def kafka_ok(settings, timeout=5.0):
+        return None
+
+    monkeypatch.setattr("app.dataplane.broker.ping", kafka_ok)
+    r = await client.get("/ready")
+    assert r.status == 200 and (await r.json())["status"] == "ok"
+    client.runtime.db.down = 1_000
+    r = await client.get("/live")
+    body = await r.json()
+    assert r.status == 200 and body["status"] == "alive" and body["loop_lag_ms"] >= 0
+    for path in ("/ready", "/health"):
+        r = await client.get(path)
+        body = await r.json()
+        assert r.status == 503 and body["status"] == "degraded" and not body["checks"]["postgres"]["ok"], path
+        assert body["checks"]["kafka"]["ok"] and body["checks"]["s3"]["ok"]
+
+
+async def test_liveness_answers_while_the_worker_is_still_starting(client):
+    client.runtime.ready.clear()
+    r = await asyncio.wait_for(client.get("/live"), 2)  # other routes wait up to 10 s, then 503
+    assert r.status == 200
