@@ -19,7 +19,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.domain import CLASSIFIERS, DEFAULT_K
 
-ROLES = ("extractor", *(f"classifier-{name}" for name in CLASSIFIERS), "dead-letter")
+AGENT_ROLES = ("extractor", *(f"classifier-{name}" for name in CLASSIFIERS), "dead-letter")
+# Every worker serves the HTTP API; ``front`` alone makes one that runs no agent (the processes that
+# take the uploads behind a load balancer, scaled on their own).
+ROLES = ("front", *AGENT_ROLES)
 Backbone = Literal["efficientnet_lite0", "resnet50"]
 
 
@@ -104,8 +107,9 @@ class Settings(BaseSettings):
 
     # --- pipeline ------------------------------------------------------------------------------
     roles: Annotated[tuple[str, ...], NoDecode] = ROLES
-    """Stages this worker runs (comma-separated in the env var): any of extractor,
-    classifier-fast, classifier-balanced, classifier-accurate, dead-letter."""
+    """Stages this worker runs (comma-separated in the env var): any of front, extractor,
+    classifier-fast, classifier-balanced, classifier-accurate, dead-letter. Every worker serves the
+    HTTP API; a worker with the front role alone runs no agent."""
     extract_batch_size: int = Field(16, ge=1)
     """Extractor micro-batch size: stream.take(n, ...)."""
     extract_batch_within: float = Field(0.005, gt=0)
@@ -223,11 +227,13 @@ class Settings(BaseSettings):
 
     @property
     def group_id(self) -> str:
-        """This worker's consumer group: <app_id> with every role, <app_id>-<roles> otherwise, so
-        each stage scales on its own by partitions and processes."""
-        if set(self.roles) == set(ROLES):
+        """This worker's consumer group: <app_id> with every agent role, <app_id>-<roles> otherwise,
+        so each stage scales on its own by partitions and processes (``front`` runs no agent and
+        does not change the group of a worker that also runs agents)."""
+        agents = set(self.roles) - {"front"}
+        if agents == set(AGENT_ROLES):
             return self.app_id
-        return f"{self.app_id}-{'-'.join(sorted(self.roles))}"
+        return f"{self.app_id}-{'-'.join(sorted(agents or {'front'}))}"
 
     @property
     def extractor_group_id(self) -> str:

@@ -25,7 +25,7 @@ async def test_kill9_restart_with_a_wide_seek_window_loses_nothing(stack, sample
     env = isolated_env(uuid.uuid4().hex[:8], IMGSTREAM_TEST_SEEK_DELAY_S="3", IMGSTREAM_KAFKA_SESSION_TIMEOUT="6")
     images = images_from(sample_images, 120, uuid.uuid4().hex)
     worker = Worker(env, log_dir=tmp_path).start()
-    front = Worker(env, roles="dead-letter", log_dir=tmp_path)
+    front = Worker(env, roles="front", log_dir=tmp_path)  # HTTP only, no agent
     uploader = Uploader(images[20:], concurrency=8)
     try:
         await asyncio.to_thread(worker.wait_healthy)
@@ -35,7 +35,7 @@ async def test_kill9_restart_with_a_wide_seek_window_loses_nothing(stack, sample
         uploader.sent += 20
         await asyncio.sleep(5)
         worker.kill9()
-        # 100 more accepted by a worker that does not extract: queued for the killed worker's group
+        # 100 more accepted by a front-only worker: queued for the killed worker's group
         front.start()
         await asyncio.to_thread(front.wait_healthy)
         await uploader.run(lambda: front.url)

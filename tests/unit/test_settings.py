@@ -40,3 +40,11 @@ def test_a_fresh_state_dir_gets_the_worker_data_dir(tmp_path):
 
     app = create_app(Settings(state_dir=tmp_path / "var", app_id="fresh"))
     assert Path(app.conf.datadir).parent.is_dir()
+
+
+def test_front_runs_no_agent_and_keeps_the_group_of_the_agents_beside_it(monkeypatch):
+    every = Settings(roles="all")
+    assert every.roles == ROLES and every.group_id == every.app_id
+    assert Settings(roles=",".join(r for r in ROLES if r != "front")).group_id == every.app_id
+    assert Settings(roles="front").group_id == f"{every.app_id}-front"
+    assert Settings(roles="front,extractor").group_id == f"{every.app_id}-extractor"
