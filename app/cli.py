@@ -102,6 +102,10 @@ def worker(
         from models.extractor import check_providers
 
         check_providers(settings.onnx_providers)
+    if settings.event_loop == "uvloop":  # before any loop exists: Faust and mode take the policy
+        import mode.loop
+
+        mode.loop.use("uvloop")
     from app import broker
     import asyncio
 

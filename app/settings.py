@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     """S3 access key id (a secret)."""
     s3_secret_key: SecretStr = SecretStr("imgstream-secret-key")
     """S3 secret access key (a secret)."""
+    s3_data_client: Literal["aioboto3", "obstore"] = "aioboto3"
+    """Client of the per-image S3 calls (upload's put, extractor's get): aioboto3, or obstore
+    (signing and I/O on Rust threads, off the event loop); aioboto3 serves everything else."""
 
     # --- HTTP ----------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
@@ -104,6 +107,9 @@ class Settings(BaseSettings):
     in the env var), e.g. ``CUDAExecutionProvider,CPUExecutionProvider`` with onnxruntime-gpu
     installed (the ``gpu`` extra; see the README). A provider this onnxruntime lacks is an error
     at start, never a silent fall-back to the CPU."""
+
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The worker's event loop: asyncio's own or uvloop (libuv; Faust runs on either)."""
 
     # --- pipeline ------------------------------------------------------------------------------
     roles: Annotated[tuple[str, ...], NoDecode] = ROLES

@@ -2,6 +2,10 @@
 
 One ``ObjectStore`` holds one aiobotocore client for its lifetime (``start``/``stop``); it is never
 created at import time. Any S3 works (versitygw, MinIO, SeaweedFS, AWS) by ``IMGSTREAM_S3_ENDPOINT``.
+
+With ``IMGSTREAM_S3_DATA_CLIENT=obstore`` the per-image calls (put and get of raw images) go
+through obstore (Rust's object_store: request signing and I/O on its own threads, off the event
+loop) and aioboto3 keeps everything else (buckets, listings, bundles, health).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class ObjectStore:
         self.bucket = settings.s3_bucket
         self._stack: contextlib.AsyncExitStack | None = None
         self._client = None
+        self._data = None  # obstore's S3Store when settings.s3_data_client == "obstore"
 
     async def start(self) -> None:
         session = aioboto3.Session()
@@ -52,10 +57,13 @@ class ObjectStore:
             )
         )
 
+        if self.settings.s3_data_client == "obstore":
+            self._data = _obstore(self.settings)
+
     async def stop(self) -> None:
         if self._stack is not None:
             await self._stack.aclose()
-        self._stack = self._client = None
+        self._stack = self._client = self._data = None
 
     async def __aenter__(self) -> ObjectStore:
         await self.start()
@@ -84,12 +92,16 @@ class ObjectStore:
             raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
 
     async def put(self, key: str, body: bytes, content_type: str = "application/octet-stream", **meta: str) -> None:
+        if self._data is not None:
+            return await self._put_fast(key, body, content_type, meta)
         try:
             await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=meta)
         except _S3_DOWN as exc:
             raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
 
     async def get(self, key: str) -> bytes:
+        if self._data is not None:
+            return await self._get_fast(key)
         try:
             resp = await self.client.get_object(Bucket=self.bucket, Key=key)
             async with resp["Body"] as body:
@@ -120,3 +132,39 @@ class ObjectStore:
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
+
+    # --- obstore's data path ---------------------------------------------------------------------
+    async def _put_fast(self, key: str, body: bytes, content_type: str, meta: dict[str, str]) -> None:
+        import obstore
+        from obstore.exceptions import BaseError
+
+        try:
+            await obstore.put_async(self._data, key, body, attributes={"Content-Type": content_type, **meta},
+                                    use_multipart=False)
+        except (BaseError, OSError, asyncio.TimeoutError) as exc:
+            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+
+    async def _get_fast(self, key: str) -> bytes:
+        import obstore
+        from obstore.exceptions import BaseError
+
+        try:
+            resp = await obstore.get_async(self._data, key)
+            return bytes(await resp.bytes_async())
+        except FileNotFoundError as exc:
+            raise NotFound(f"object {key!r} not found") from exc
+        except (BaseError, OSError, asyncio.TimeoutError) as exc:
+            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+
+
+def _obstore(settings: Settings):
+    from obstore.store import S3Store
+
+    return S3Store(
+        settings.s3_bucket, endpoint=settings.s3_endpoint, region=settings.s3_region,
+        access_key_id=settings.s3_access_key.get_secret_value(),
+        secret_access_key=settings.s3_secret_key.get_secret_value(), virtual_hosted_style_request=False,
+        client_options={"allow_http": settings.s3_endpoint.startswith("http://"), "connect_timeout": "3s",
+                        "timeout": "10s"},
+        retry_config={"max_retries": 1},
+    )
