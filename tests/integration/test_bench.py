@@ -33,6 +33,11 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     lim = result["limit"]
     assert lim["images_per_s"] == max(lim["extractor"]["images_per_s"], lim["ort_default"]["images_per_s"])
     assert lim["extractor"]["parallel_chunks"] >= 1 and lim["cpu_ms_per_image"] > 0
+    # the event loop's levers side by side, and py-spy's view of the loop at saturation
+    assert list(result["levers"]) == ["asyncio + aioboto3", "uvloop + aioboto3", "asyncio + obstore", "uvloop + obstore"]
+    assert all(v["images_per_s"] > 0 and v["cpu"]["ms_per_image"]["worker"] > 0 for v in result["levers"].values())
+    loop = result["imgstream"]["event_loop_profile"]
+    assert 0 < loop["event_loop_busy"] <= 1.05 and loop["top_own"] and "## 12. The event loop" in text
     # photos: every size through the pipeline, the baseline's workers (a worktree at HEAD) too
     photos = result["photos"]
     assert list(photos["sizes"]) == ["640x480", "1920x1080", "4032x3024"] and photos["baseline"].startswith("HEAD")

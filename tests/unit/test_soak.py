@@ -1,8 +1,9 @@
-"""The soak's pure parts: distinct uploads and the growth summary."""
+"""The bench's pure parts: the soak's distinct uploads and growth summary, py-spy's summary."""
 
 import hashlib
 import io
 
+import pytest
 from PIL import Image
 
 from tools.bench.soak import DistinctImages, Sample, summarize
@@ -39,3 +40,18 @@ def test_growth_is_measured_from_the_end_of_the_warm_up_on_medians():
 
 def test_a_run_shorter_than_its_warm_up_has_no_summary():
     assert summarize([_sample(0, 1), _sample(30, 1)], warmup=300) == {}
+
+
+def test_py_spy_summary_counts_the_main_threads_busy_share_and_its_frames():
+    from tools.bench import profile
+
+    raw = "\n".join([
+        "thread (100);run_forever (asyncio/base_events.py:608);_run_once (asyncio/base_events.py:1922);"
+        "put_object (/x/site-packages/aiobotocore/client.py:10) 30",
+        "thread (100);run_forever (asyncio/base_events.py:608);upload (/repo/app/views/api.py:5) 20",
+        "thread (200);run (/repo/models/extractor.py:30) 80",
+    ])
+    s = profile.summarize(raw, main_tid=100, seconds=1.0)
+    assert s["event_loop_busy"] == pytest.approx(0.5) and s["other_threads_busy"] == [pytest.approx(0.8)]
+    assert s["top_own"][0] == ("put_object (aiobotocore/client.py)", pytest.approx(0.3))
+    assert dict(s["top_inclusive"])["run_forever (asyncio/base_events.py)"] == pytest.approx(0.5)

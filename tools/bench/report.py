@@ -211,6 +211,10 @@ def markdown(r: dict, png_name: str) -> str:
     elif r["quick"]:
         lines += ["## 6-8.", "", "Scaling, per-role memory and ResNet50 are measured by the full `imgstream bench`, "
                   "not by `--quick`.", ""]
+    if im.get("event_loop_profile"):
+        lines += _loop_profile(im["event_loop_profile"])
+    if "levers" in r:
+        lines += _levers(r["levers"])
     if "photos" in r:
         lines += _photos(r["photos"])
     return "\n".join(lines)
@@ -258,4 +262,33 @@ def _photos(ph: dict) -> list[str]:
         if base:
             speed = row["imgstream"]["saturation"]["images_per_s"] / row["baseline"]["saturation"]["images_per_s"]
             lines[-1] += f" Throughput {_f(speed, '.2f')}x the baseline's (target >= 5x: {'met' if speed >= 5 else 'NOT met'})."
+    return lines + [""]
+
+
+def _levers(lv: dict) -> list[str]:
+    base = next(iter(lv.values()))
+    lines = ["## 11. Levers on the event loop, side by side", "",
+             "One worker with every role at saturation (closed loop, CIFAR images) per configuration: the event "
+             "loop implementation (IMGSTREAM_EVENT_LOOP) and the client of the per-image S3 calls "
+             "(IMGSTREAM_S3_DATA_CLIENT).", "",
+             "| configuration | images/s | ratio | worker CPU ms per image | whole system CPU ms per image | cores busy |",
+             "|---|---|---|---|---|---|"]
+    for name, v in lv.items():
+        cpu = v["cpu"]
+        lines.append(f"| {name} | {_f(v['images_per_s'])} | {_f(v['images_per_s'] / base['images_per_s'], '.2f')} | "
+                     f"{_f(cpu['ms_per_image']['worker'])} | {_f(cpu['total_ms_per_image'])} | "
+                     f"{_f(100 * cpu['utilisation'], '.0f')} % |")
+    return lines + [""]
+
+
+def _loop_profile(p: dict) -> list[str]:
+    lines = ["## 12. The event loop at saturation (py-spy)", "",
+             f"py-spy sampled the worker for the {_f(p['seconds'])} s of the saturation phase (section 1-2) at 100 "
+             f"samples/s. The event-loop thread (the main thread) was busy **{_f(100 * p['event_loop_busy'], '.0f')} %** "
+             "of the time (idle samples, waiting in epoll, are not counted); the busiest other threads (ONNX, decode, "
+             "predict pools): " + ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"]) + ".", "",
+             "| top frames of the event-loop thread, own time | share of the phase |", "|---|---|"]
+    lines += [f"| `{f}` | {_f(100 * s, '.1f')} % |" for f, s in p["top_own"]]
+    lines += ["", "| top frames of the event-loop thread, inclusive | share of the phase |", "|---|---|"]
+    lines += [f"| `{f}` | {_f(100 * s, '.1f')} % |" for f, s in p["top_inclusive"]]
     return lines + [""]

@@ -11,6 +11,7 @@ so the descriptor table never short-cuts an extraction):
    through Kafka, a backbone per classifier);
 6. scaling: 1 vs 2 worker processes on 4 partitions; 7. peak RSS per worker role;
 8. ResNet50 with random weights (speed only); 9. GPU, where one is lent (here: none);
+11. levers: asyncio or uvloop, aioboto3 or obstore for the per-image S3 calls, at saturation;
 10. photos: JPEGs at 640x480, 1920x1080 and 4032x3024 (tools/bench/photos.py), each size with its
    bare limit, imgstream at saturation and at 10 % load, and the peers; with ``--baseline REF``
    the same phase also runs workers checked out at git ref REF, for a before/after in one run.
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +37,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app import broker, registry
-from tools.bench import load
+from tools.bench import load, profile
 from tools.bench.cpu import CpuMeter, local_service_pids
 from tools.process import Process
 from app.messages import ImageUploaded
@@ -213,13 +215,23 @@ class Bench:
                 "upload_http_p50_ms": 1000 * load.pct(res.client_latency_s, 50)}
 
     async def pipeline(self, tag: str, bundle_env: dict[str, str], images: Images, levels: bool = True,
-                       fractions: tuple[float, ...] = (0.1, 0.5, 0.8), cwd: Path = REPO) -> dict:
+                       fractions: tuple[float, ...] = (0.1, 0.5, 0.8), cwd: Path = REPO,
+                       profile_loop: bool = False) -> dict:
         env = self.env(tag, **bundle_env)
         proc, url = await self.worker(env, f"{tag}-worker", cwd=cwd)
         await self.saturate(url, images.take(32))  # warm-up: JIT, connections, batch shapes
+        spy_out = self.logs / f"{tag}-py-spy.txt"
+        spy = profile.record(proc.pid(), 600, spy_out) if profile_loop else None
+        spy_started = time.perf_counter()
         sat = await self.saturate(url, images.take(self.n),
                                   cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)})
         out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": []}
+        if spy is not None:
+            seconds = time.perf_counter() - spy_started
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+            if spy_out.exists():
+                out["event_loop_profile"] = profile.summarize(spy_out.read_text(), proc.pid(), seconds)
         rows = await _pipeline_rows(self.dsn, sat["ids"])
         out["classifier_p99_ms"] = {c: load.pct(v, 99) for c, v in rows.items()}
         out["input_message_bytes"] = float(np.mean([len(ImageUploaded(r["image_id"], r["object_key"], r["sha256"],
@@ -404,6 +416,26 @@ class Bench:
                                capture_output=True)
         return out
 
+    async def levers(self, images: Images) -> dict:
+        """The event loop's levers, each measured at saturation side by side in this run: the
+        event loop implementation and the S3 client of the per-image calls."""
+        configs = {"asyncio + aioboto3": {},
+                   "uvloop + aioboto3": {"IMGSTREAM_EVENT_LOOP": "uvloop"},
+                   "asyncio + obstore": {"IMGSTREAM_S3_DATA_CLIENT": "obstore"},
+                   "uvloop + obstore": {"IMGSTREAM_EVENT_LOOP": "uvloop", "IMGSTREAM_S3_DATA_CLIENT": "obstore"}}
+        base = {"IMGSTREAM_EVENT_LOOP": "asyncio", "IMGSTREAM_S3_DATA_CLIENT": "aioboto3"}
+        out = {}
+        for i, (name, env) in enumerate(configs.items()):
+            proc, url = await self.worker(self.env(f"lever{i}", **{**base, **env}), f"lever{i}")
+            await self.saturate(url, images.take(32))
+            sat = await self.saturate(url, images.take(self.n),
+                                      cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)})
+            out[name] = {"images_per_s": sat["images_per_s"], "cpu": sat["cpu"]}
+            self.log(f"   {name}: {sat['images_per_s']:.1f} images/s, worker "
+                     f"{sat['cpu']['ms_per_image']['worker']:.1f} CPU ms per image")
+            self.stop_all()
+        return out
+
     def _baseline_worktree(self) -> Path:
         worktree = self.logs / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), self.baseline], cwd=REPO, check=True,
@@ -415,7 +447,7 @@ class Bench:
 
     async def run(self) -> dict:
         s = self.settings
-        images = Images(self.source, 2400 if self.quick else 9000)
+        images = Images(self.source, 3400 if self.quick else 13000)
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, s.bundle_version, s.bundles_dir)
         bundle = Bundle.load(path, extractor=False)
@@ -426,7 +458,7 @@ class Bench:
             self.log(f"   {lim['images_per_s']:.1f} images/s (extractor's configuration "
                      f"{lim['extractor']['images_per_s']:.1f}, onnxruntime defaults {lim['ort_default']['images_per_s']:.1f})")
             self.log("2-4. imgstream: saturation, open-loop latency, sizes")
-            self.result["imgstream"] = await self.pipeline("main", {}, images)
+            self.result["imgstream"] = await self.pipeline("main", {}, images, profile_loop=True)
             sat = self.result["imgstream"]["saturation"]["images_per_s"]
             self.log(f"   saturation {sat:.1f} images/s")
             self.log("5a. peer: synchronous HTTP service")
@@ -440,6 +472,8 @@ class Bench:
                 self.result["roles_rss_mb"] = await self.roles(images)
                 self.log("8. ResNet50 (random weights, speed only)")
                 self.result["resnet50_random"] = await self.resnet(images)
+            self.log("11. levers: event loop and S3 client")
+            self.result["levers"] = await self.levers(images)
             self.log("10. photos")
             self.result["photos"] = await self.photos(path)
             self.result["gpu"] = gpu_note()
