@@ -44,13 +44,20 @@ class Item:
 async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
     spec = runtime.bundle.extractor.spec
     crop = runtime.recent_uploads.pop(item.msg.object_key, spec.name)
-    if crop is not None:  # decoded by this worker's upload handler
-        item.pixels = normalize(crop, spec)
+    if crop is not None:  # decoded by this worker's upload handler; normalized in the ONNX thread
+        item.pixels = crop
         return
     async with sem:
         data = await retry_outages(f"fetching {item.msg.object_key}",
                                    lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
     item.pixels = await runtime.in_pool(runtime.decode_pool, preprocess, data, spec, runtime.settings.max_pixels)
+
+
+def _descriptors(bundle, pixels: list[np.ndarray], wide: bool) -> np.ndarray:
+    """In an ONNX thread, off the event loop: upload crops (uint8) normalized, the batch stacked,
+    the backbone and the reduction run."""
+    spec = bundle.extractor.spec
+    return bundle.descriptors(np.stack([normalize(p, spec) if p.dtype == np.uint8 else p for p in pixels]), wide)
 
 
 def split_chunks(items: list, parts: int, min_size: int = 2) -> list[list]:
@@ -134,8 +141,8 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         # a batch too small to split (low load) runs whole on the every-core session instead
         chunks = split_chunks(unique, runtime.settings.onnx_parallel)
         wide = len(chunks) == 1
-        outs = await asyncio.gather(*(runtime.in_pool(runtime.onnx_pool, bundle.descriptors,
-                                                      np.stack([it.pixels for it in chunk]), wide) for chunk in chunks))
+        outs = await asyncio.gather(*(runtime.in_pool(runtime.onnx_pool, _descriptors, bundle,
+                                                      [it.pixels for it in chunk], wide) for chunk in chunks))
         desc = np.concatenate(outs)
         for it, d in zip(unique, desc, strict=True):
             it.descriptors, it.pixels = d, None

@@ -74,9 +74,10 @@ class Settings(BaseSettings):
     """S3 access key id (a secret)."""
     s3_secret_key: SecretStr = SecretStr("imgstream-secret-key")
     """S3 secret access key (a secret)."""
-    s3_data_client: Literal["aioboto3", "obstore"] = "aioboto3"
-    """Client of the per-image S3 calls (upload's put, extractor's get): aioboto3, or obstore
-    (signing and I/O on Rust threads, off the event loop); aioboto3 serves everything else."""
+    s3_data_client: Literal["aioboto3", "obstore"] = "obstore"
+    """Client of the per-image S3 calls (upload's put, extractor's get): obstore (signing and I/O
+    on Rust threads, off the event loop; the faster of the two in the bench's levers section) or
+    aioboto3; aioboto3 serves everything else."""
 
     # --- HTTP ----------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"

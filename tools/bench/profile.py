@@ -56,10 +56,12 @@ def summarize(raw: str, main_tid: int, seconds: float, top: int = 12) -> dict:
         threads[tid] += count
         if tid != main_tid:
             continue
-        frames = [_label(f) for f in m["stack"].split(";") if f]
+        frames = [_label(f) for f in m["stack"].split(";") if f and not f.startswith(":")]
         if frames:
             own[frames[-1]] += count
-            for f in set(frames):
+            # inclusive time below the loop's dispatch (the frames above it hold every sample)
+            loop = [i for i, f in enumerate(frames) if f.startswith(("Handle._run ", "BaseEventLoop._run_once "))]
+            for f in set(frames[loop[-1] + 1:] if loop else frames):
                 inclusive[f] += count
     total = RATE * seconds
     main = threads.pop(main_tid, 0)
