@@ -64,12 +64,30 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         raise typer.Exit(0 if all(h == "healthy" for *_, h in rows) else 1)
 
 
+    chart_cli = typer.Typer(no_args_is_help=True, help="The Helm chart (deploy/helm/imgstream).")
+    cli.add_typer(chart_cli, name="chart")
+
+    @chart_cli.command("check")
+    def chart_check() -> None:
+        """Offline: helm lint and helm template with the default and every example values file, each
+        manifest validated against the Kubernetes schemas and KEDA's CRD (builds helm once)."""
+        from tools import k8s
+
+        failed = False
+        for label, report in k8s.check(get_settings()).items():
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.by_kind.items()))
+            console.print(f"{label}: {report.manifests} manifests valid ({kinds})" if not report.errors
+                          else f"[red]{label}[/]: " + "; ".join(report.errors))
+            failed |= bool(report.errors)
+        raise typer.Exit(1 if failed else 0)
+
     @cli.command("docs")
     def docs() -> None:
-        """Regenerate the README's settings and metrics tables."""
+        """Regenerate the README's settings and metrics tables and the Helm chart's generated values
+        (every setting; the measured peak RSS and throughput from docs/BENCHMARKS.json)."""
         from tools import docs as generated
 
-        console.print("README.md updated" if generated.update() else "README.md already up to date")
+        console.print("README.md / values.yaml updated" if generated.update() else "already up to date")
 
     @models_cli.command("export")
     def models_export(

@@ -67,8 +67,11 @@ def render(text: str) -> str:
 
 
 def update(path: Path = README) -> bool:
+    """Rewrite the README's tables and the Helm chart's generated parts; whether anything changed."""
+    from tools import chart
+
     text = path.read_text()
     new = render(text)
     if new != text:
         path.write_text(new)
-    return new != text
+    return chart.update() or new != text
