@@ -203,7 +203,19 @@ class Runtime:
                 await backoff.wait()
 
     async def in_pool(self, pool: ThreadPoolExecutor, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        """``fn(*args)`` on ``pool``. Faust stops this runtime (and its pools) before the agents: a
+        batch still running then gets an outage, which the error policy retries until the agent
+        is cancelled and the batch goes to the partition's next owner, never a poison message."""
+        try:
+            future = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            raise ServiceUnavailable("the worker is stopping", code="stopping") from exc
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if pool._shutdown and not asyncio.current_task().cancelling():  # noqa: SLF001 - cancel_futures=True
+                raise ServiceUnavailable("the worker is stopping", code="stopping") from None
+            raise
 
 
 def service_for(runtime: Runtime) -> type[Service]:

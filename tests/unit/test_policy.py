@@ -156,3 +156,18 @@ async def test_small_batches_are_isolated_too(n):
 
     await run_batch(["bad"] + ["ok"] * (n - 1), process, stage="t", on_poison=on_poison, attempts=1, base=0)
     assert poison == ["bad"]
+
+
+async def test_a_stopping_workers_pools_give_an_outage_not_a_poison_message():
+    """Faust stops the runtime (and its thread pools) before the agents: a batch that reaches a
+    shut pool must be retried as an outage until its agent is cancelled, never dead-lettered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.errors import ServiceUnavailable
+    from app.runtime import Runtime
+
+    pool = ThreadPoolExecutor(1)
+    assert await Runtime.in_pool(None, pool, lambda: 42) == 42
+    pool.shutdown()
+    with pytest.raises(ServiceUnavailable, match="stopping"):
+        await Runtime.in_pool(None, pool, lambda: 42)
