@@ -23,7 +23,7 @@ from app.errors import ImgstreamError, NotFound, Unprocessable
 from app.messages import ImageUploaded, Trace, encode_descriptors
 from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
 from app.runtime import Runtime
-from models.preprocess import normalize, preprocess
+from models.preprocess import model_pixels, normalize
 from tables import descriptors as table_codec
 
 STAGE = "extractor"
@@ -44,20 +44,20 @@ class Item:
 async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
     spec = runtime.bundle.extractor.spec
     crop = runtime.recent_uploads.pop(item.msg.object_key, spec.name)
-    if crop is not None:  # decoded by this worker's upload handler; normalized in the ONNX thread
+    if crop is not None:  # decoded by this worker's upload handler
         item.pixels = crop
         return
     async with sem:
         data = await retry_outages(f"fetching {item.msg.object_key}",
                                    lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
-    item.pixels = await runtime.in_pool(runtime.decode_pool, preprocess, data, spec, runtime.settings.max_pixels)
+    item.pixels = await runtime.in_pool(runtime.decode_pool, model_pixels, data, spec, runtime.settings.max_pixels)
 
 
 def _descriptors(bundle, pixels: list[np.ndarray], wide: bool) -> np.ndarray:
-    """In an ONNX thread, off the event loop: upload crops (uint8) normalized, the batch stacked,
-    the backbone and the reduction run."""
+    """In an ONNX thread, off the event loop: the crops normalized and stacked, the backbone and
+    the reduction run."""
     spec = bundle.extractor.spec
-    return bundle.descriptors(np.stack([normalize(p, spec) if p.dtype == np.uint8 else p for p in pixels]), wide)
+    return bundle.descriptors(np.stack([normalize(p, spec) for p in pixels]), wide)
 
 
 def split_chunks(items: list, parts: int, min_size: int = 2) -> list[list]:

@@ -53,11 +53,11 @@ def consensus(labels: list[str], tie_break: str | None) -> Consensus:
 
 def _check_and_hash(body: bytes, spec: BackboneSpec | None, max_pixels: int) -> tuple[np.ndarray | None, str]:
     """Off the event loop: the decode that validates (to ``spec``'s crop, or the cheapest one
-    without a co-located extractor) and the sha256 (about 4 ms for a 12-megapixel photo)."""
-    pixels = model_pixels(body, spec, max_pixels) if spec is not None else None
+    without a co-located extractor) and the sha256 (1.4 ms for a 2 MB photo)."""
     if spec is None:
         validate(body, max_pixels)
-    return pixels, hashlib.sha256(body).hexdigest()
+        return None, hashlib.sha256(body).hexdigest()
+    return model_pixels(body, spec, max_pixels), hashlib.sha256(body).hexdigest()
 
 
 def _model_view_png(data: bytes, spec: BackboneSpec, max_pixels: int) -> bytes:

@@ -29,7 +29,8 @@ def secret_settings() -> list[str]:
 
 
 def chart_settings() -> list[str]:
-    return [name for name in Settings.model_fields if name not in PER_POD and name not in secret_settings()]
+    secrets = set(secret_settings())
+    return [name for name in Settings.model_fields if name not in PER_POD and name not in secrets]
 
 
 def settings_block() -> str:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
 from app.settings import Settings
-from tools.errors import ToolingError
+from tools.process import go_binary, run_checked as _run
 
 HELM_VERSION = "v3.22.0"
 KEDA_MODULE = "github.com/kedacore/keda/v2"
@@ -25,34 +24,25 @@ KUBERNETES_VERSION = "1.31.0"
 CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "imgstream"
 
 
-def _go() -> str:
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
-    if go is None:
-        raise ToolingError("Go is needed to build helm and to read KEDA's CRD: apt-get install golang")
-    return go
-
-
-def _run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if proc.returncode != 0:
-        raise ToolingError(f"{what} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
-    return proc
-
-
 def helm(settings: Settings) -> Path:
     """The pinned helm binary, built once into the cache (a few minutes)."""
     binary = settings.cache_dir / "bin" / f"helm-{HELM_VERSION}" / "helm"
     if not binary.exists():
         binary.parent.mkdir(parents=True, exist_ok=True)
-        _run([_go(), "install", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], "building helm",
+        _run([go_binary("to build helm"), "install", f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], "building helm",
              env={**os.environ, "GOBIN": str(binary.parent)})
     return binary
 
 
 def keda_scaledobject_schema(settings: Settings) -> dict:
     """The openAPIV3Schema of KEDA's ScaledObject CRD (keda.sh/v1alpha1) at the pinned version."""
-    modcache = settings.cache_dir / "gomod"
-    proc = _run([_go(), "mod", "download", "-json", f"{KEDA_MODULE}@{KEDA_VERSION}"], "downloading KEDA's module",
+    return _keda_schema(settings.cache_dir)
+
+
+@lru_cache(maxsize=2)
+def _keda_schema(cache_dir: Path) -> dict:  # one module download and parse per process
+    modcache = cache_dir / "gomod"
+    proc = _run([go_binary("to read KEDA's CRD"), "mod", "download", "-json", f"{KEDA_MODULE}@{KEDA_VERSION}"], "downloading KEDA's module",
                 env={**os.environ, "GOMODCACHE": str(modcache), "GOFLAGS": "-modcacherw"})
     crd = Path(json.loads(proc.stdout)["Dir"]) / "config" / "crd" / "bases" / "keda.sh_scaledobjects.yaml"
     doc = yaml.safe_load(crd.read_text())
@@ -74,9 +64,12 @@ def template(settings: Settings, values: list[Path] = (), sets: list[str] = ()) 
 
 @dataclass
 class Report:
-    manifests: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def manifests(self) -> int:
+        return sum(self.by_kind.values())
 
 
 def validate(settings: Settings, docs: list[dict]) -> Report:
@@ -87,7 +80,6 @@ def validate(settings: Settings, docs: list[dict]) -> Report:
     report = Report()
     for doc in docs:
         kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
-        report.manifests += 1
         report.by_kind[kind] = report.by_kind.get(kind, 0) + 1
         try:
             if doc.get("apiVersion", "").startswith("keda.sh/"):

@@ -1,5 +1,6 @@
 """The one wrapper for the processes the tooling and the tests start: the local stack's services,
-the benchmark's workers and peers, the tests' workers.
+the benchmark's workers and peers, the tests' workers; and ``run_checked`` for the short commands
+the tooling runs to completion (apt, mvn, go, helm).
 
 A process runs in its own session (its own process group) and writes stdout and stderr to a log
 file. With a pid file it outlives the command that started it (the stack's services, stopped by
@@ -10,6 +11,7 @@ taken for ours.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +19,24 @@ from contextlib import suppress
 from pathlib import Path
 
 import psutil
+
+from tools.errors import ToolingError
+
+
+def run_checked(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    """Run a command to completion; a ToolingError with the tail of its output if it fails."""
+    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise ToolingError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc
+
+
+def go_binary(purpose: str) -> str:
+    """The Go toolchain (on PATH or Debian's /usr/local/go); a ToolingError naming ``purpose``."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        raise ToolingError(f"Go is needed {purpose}: apt-get install golang")
+    return go
 
 
 class Process:

@@ -15,8 +15,11 @@ import contextlib
 import logging
 
 import aioboto3
+import obstore
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from obstore.exceptions import BaseError as ObstoreError
+from obstore.store import S3Store
 
 from app.errors import NotFound, ServiceUnavailable
 from app.metrics import DELETE_FAILED
@@ -135,31 +138,23 @@ class ObjectStore:
 
     # --- obstore's data path ---------------------------------------------------------------------
     async def _put_fast(self, key: str, body: bytes, content_type: str, meta: dict[str, str]) -> None:
-        import obstore
-        from obstore.exceptions import BaseError
-
         try:
             await obstore.put_async(self._data, key, body, attributes={"Content-Type": content_type, **meta},
                                     use_multipart=False)
-        except (BaseError, OSError, asyncio.TimeoutError) as exc:
+        except (ObstoreError, OSError, asyncio.TimeoutError) as exc:
             raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
 
     async def _get_fast(self, key: str) -> bytes:
-        import obstore
-        from obstore.exceptions import BaseError
-
         try:
             resp = await obstore.get_async(self._data, key)
             return bytes(await resp.bytes_async())
         except FileNotFoundError as exc:
             raise NotFound(f"object {key!r} not found") from exc
-        except (BaseError, OSError, asyncio.TimeoutError) as exc:
+        except (ObstoreError, OSError, asyncio.TimeoutError) as exc:
             raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
 
 
-def _obstore(settings: Settings):
-    from obstore.store import S3Store
-
+def _obstore(settings: Settings) -> S3Store:
     return S3Store(
         settings.s3_bucket, endpoint=settings.s3_endpoint, region=settings.s3_region,
         access_key_id=settings.s3_access_key.get_secret_value(),

@@ -184,12 +184,8 @@ async def live(request: web.Request) -> web.Response:
     return _json(await request.app[DATAPLANE].live())
 
 
-async def ready(request: web.Request) -> web.Response:
-    ok, body = await request.app[DATAPLANE].health()
-    return _json(body, 200 if ok else 503)
-
-
 async def health(request: web.Request) -> web.Response:
+    """Readiness: served at /ready and at /health."""
     ok, body = await request.app[DATAPLANE].health()
     return _json(body, 200 if ok else 503)
 

@@ -63,7 +63,7 @@ ROUTES = (
     Route("get", "/live", "live", "Liveness: the process and its event loop answer (nothing outside the "
           "process is asked, so an outage of Kafka, PostgreSQL or S3 never gets a worker restarted).",
           ok=(200, "Alive", c.Liveness, "application/json")),
-    Route("get", "/ready", "ready", "Readiness: Kafka, PostgreSQL, S3 and the model bundle, each checked.",
+    Route("get", "/ready", "health", "Readiness: Kafka, PostgreSQL, S3 and the model bundle, each checked.",
           ok=(200, "Ready", c.Health, "application/json"), errors={503: "Something is down"}),
     Route("get", "/health", "health", "The same checks as /ready (kept for Docker health checks and scripts).",
           ok=(200, "All healthy", c.Health, "application/json"), errors={503: "Something is down"}),

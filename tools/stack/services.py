@@ -18,17 +18,10 @@ from urllib.parse import urlparse
 from app.errors import ImgstreamError
 from tools.errors import ToolingError
 from app.settings import Settings
-from tools.process import Process, wait_until
+from tools.process import Process, go_binary, run_checked as _run, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"
-
-
-def _run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True, **kw)
-    if proc.returncode != 0:
-        raise ToolingError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return proc
 
 
 def _apt_install(package: str) -> None:
@@ -302,9 +295,7 @@ class ObjectStoreServer(Service):
     def install(self) -> None:
         if self.binary.exists():
             return
-        if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
-            raise ToolingError("Go is needed to build versitygw: apt-get install golang")
-        go = shutil.which("go") or "/usr/local/go/bin/go"
+        go = go_binary("to build versitygw")
         self.binary.parent.mkdir(parents=True, exist_ok=True)
         _run([go, "install", VERSITYGW_MODULE], "building versitygw",
              env={**os.environ, "GOBIN": str(self.binary.parent)})
