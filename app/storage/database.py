@@ -24,6 +24,16 @@ PG_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, async
            asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 
 
+class _Connection(asyncpg.Connection):
+    """No reset query when a connection goes back to the pool: asyncpg's default (unlock advisory
+    locks, CLOSE ALL, UNLISTEN *, RESET ALL) is a round trip per acquire, and this project never
+    takes advisory locks, opens cursors outside a transaction, LISTENs or SETs session state.
+    asyncpg still rolls back a transaction left open and drops listeners (``Connection._reset``)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 @dataclass(frozen=True, slots=True)
 class PredictionRow:
     image_id: UUID
@@ -90,6 +100,8 @@ class Database:
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self._sizes = (min_size, max_size)
+        self._uploads: list[tuple[UploadRecord, asyncio.Future]] = []
+        self._uploads_writer: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -98,6 +110,7 @@ class Database:
             max_size=self._sizes[1],
             command_timeout=10,
             timeout=5,
+            connection_class=_Connection,
         )
 
     async def stop(self) -> None:
@@ -126,7 +139,34 @@ class Database:
 
     # --- writes --------------------------------------------------------------------------------
     async def record_upload(self, r: UploadRecord) -> None:
-        await self.pool.execute(
+        """Write an accepted upload's row. Group commit: the rows of uploads that arrive while a
+        write is on its way go together in the next one (one round trip for all of them), so
+        under load the uploads' database cost is per batch, not per image; alone, a row is
+        written at once."""
+        future = asyncio.get_running_loop().create_future()
+        self._uploads.append((r, future))
+        if self._uploads_writer is None or self._uploads_writer.done():
+            self._uploads_writer = asyncio.create_task(self._write_uploads(), name="record-uploads-batch")
+        await future
+
+    async def _write_uploads(self) -> None:
+        while self._uploads:
+            batch, self._uploads = self._uploads, []
+            try:
+                await self.record_uploads([r for r, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiting upload hears why
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():  # a waiter that timed out has cancelled its future
+                        future.set_result(None)
+
+    async def record_uploads(self, records: list[UploadRecord]) -> None:
+        """Upsert the rows of accepted uploads in one transaction (asyncpg pipelines executemany:
+        one round trip)."""
+        await self.pool.executemany(
             """INSERT INTO images (image_id, object_key, sha256, size, content_type, uploaded_at, accepted_at,
                                    deployment, input_partition, input_offset)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -136,8 +176,8 @@ class Database:
                  accepted_at = EXCLUDED.accepted_at, deployment = EXCLUDED.deployment,
                  input_partition = EXCLUDED.input_partition, input_offset = EXCLUDED.input_offset,
                  updated_at = now()""",
-            r.image_id, r.object_key, r.sha256, r.size, r.content_type, r.uploaded_at, r.accepted_at,
-            r.deployment, r.input_partition, r.input_offset,
+            [(r.image_id, r.object_key, r.sha256, r.size, r.content_type, r.uploaded_at, r.accepted_at,
+              r.deployment, r.input_partition, r.input_offset) for r in records],
         )
 
     async def mark_failed(self, image_id: UUID, reason: str, object_key: str | None = None,
