@@ -45,7 +45,8 @@ def local_service_pids(settings: Settings) -> dict[str, int]:
 
 
 class CpuMeter:
-    """``start()`` then ``stop(images)`` -> {part: CPU ms per image}, plus the wall-clock share."""
+    """``start()`` then ``stop(images)`` -> {part: CPU ms per image}, the share of the cores these
+    parts used, and how busy the whole machine was."""
 
     def __init__(self, parts: dict[str, int]) -> None:
         self.parts = dict(parts)
@@ -56,6 +57,7 @@ class CpuMeter:
     def start(self) -> None:
         self._wall = time.perf_counter()
         self._before = self._read()
+        self._machine = psutil.cpu_times()
 
     def _read(self) -> dict[str, float]:
         return {**{k: _cpu_seconds(pid) for k, pid in self.parts.items()}, self.me: _cpu_seconds(os.getpid(), False)}
@@ -67,4 +69,14 @@ class CpuMeter:
         cores = os.cpu_count() or 1
         return {"ms_per_image": {k: 1000 * v / max(images, 1) for k, v in used.items()},
                 "total_ms_per_image": 1000 * total / max(images, 1),
-                "utilisation": total / (wall * cores) if wall > 0 else float("nan"), "cores": cores}
+                "utilisation": total / (wall * cores) if wall > 0 else float("nan"),
+                "machine_busy": _busy_share(self._machine, psutil.cpu_times()), "cores": cores}
+
+
+def _busy_share(before, after) -> float:
+    """The share of the machine's CPU time not idle between two ``psutil.cpu_times()``: every
+    process counted, the kernel's own work too (iowait counts as idle; steal, where a hypervisor
+    reports it, as busy: the cores were not ours)."""
+    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))
+    total = sum(after) - sum(before)
+    return 1.0 - idle / total if total > 0 else float("nan")

@@ -73,6 +73,9 @@ def _cpu_budget(sat: dict, lim: dict) -> list[str]:
     for part, v in sorted(cpu["ms_per_image"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {part} | {_f(v, '.2f')} | {_f(100 * v / total, '.0f')} % |")
     lines.append(f"| **all** (cores {_f(100 * cpu['utilisation'], '.0f')} % busy) | **{_f(total, '.2f')}** | 100 % |")
+    if "machine_busy" in cpu:
+        lines += ["", f"The machine as a whole (every process and the kernel) was {_f(100 * cpu['machine_busy'], '.0f')} % "
+                      "busy during the phase."]
     if lim.get("cpu_ms_per_image"):
         bound = 1000 * cpu["cores"] / total
         lines += ["", f"The bare limit costs {_f(lim['cpu_ms_per_image'], '.2f')} CPU ms per image. At "
@@ -277,14 +280,16 @@ def _levers(lv: dict) -> list[str]:
         cpu = v["cpu"]
         lines.append(f"| {name} | {_f(v['images_per_s'])} | {_f(v['images_per_s'] / base['images_per_s'], '.2f')} | "
                      f"{_f(cpu['ms_per_image']['worker'])} | {_f(cpu['total_ms_per_image'])} | "
-                     f"{_f(100 * cpu['utilisation'], '.0f')} % |")
+                     f"{_f(100 * cpu.get('machine_busy', cpu['utilisation']), '.0f')} % |")
     return lines + [""]
 
 
 def _loop_profile(p: dict) -> list[str]:
     lines = ["## 12. The event loop at saturation (py-spy)", "",
-             f"py-spy sampled the worker for the {_f(p['seconds'])} s of the saturation phase (section 1-2) at 100 "
-             f"samples/s. The event-loop thread (the main thread) was busy **{_f(100 * p['event_loop_busy'], '.0f')} %** "
+             f"py-spy sampled the worker at 100 samples/s for the {_f(p['seconds'])} s of a second saturation pass "
+             "after the measured one (the profiler's own CPU would otherwise come out of the measured throughput"
+             + (f": {_f(p['images_per_s_under_py_spy'])} images/s under py-spy" if "images_per_s_under_py_spy" in p else "")
+             + "). The event-loop thread (the main thread) was busy **{_f(100 * p['event_loop_busy'], '.0f')} %** "
              "of the time (idle samples, waiting in epoll, are not counted); the busiest other threads (ONNX, decode, "
              "predict pools): " + ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"]) + ".", "",
              "| top frames of the event-loop thread, own time | share of the phase |", "|---|---|"]
