@@ -57,33 +57,35 @@ async def process_batch(runtime: Runtime, name: str, events: list) -> int:
             await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
             continue
         QUEUE_SECONDS.labels(stage).observe(max(0.0, now - trace.extract_finished_at))
-        groups.setdefault(bundle.version, []).append((image_id, desc, trace, bundle))
+        groups.setdefault((bundle.version, trace.shadow), []).append((image_id, desc, trace, bundle))
     inserted = 0
-    for version, items in groups.items():
-        inserted += await _classify(runtime, name, stage, version, items)
+    for (version, shadow), items in groups.items():
+        inserted += await _classify(runtime, name, stage, version, items, shadow)
     return inserted
 
 
-async def _classify(runtime: Runtime, name: str, stage: str, version: str, items: list) -> int:
+async def _classify(runtime: Runtime, name: str, stage: str, version: str, items: list, shadow: bool = False) -> int:
     bundle = items[0][3]
     ids = [i[0] for i in items]
     traces = [i[2] for i in items]
     started = time.perf_counter()
     predictions = await predict_rows(bundle, runtime.predict_pool, name, ids, np.stack([i[1] for i in items]))
     # Every classifier records the image's timeline (the first write wins, later ones change
-    # nothing), so it is kept whichever classifier roles a deployment runs.
-    progress = [
+    # nothing), so it is kept whichever classifier roles a deployment runs. A shadow bundle's
+    # rows are stored beside the serving ones, tagged with its version, and never touch the
+    # image's row: what the image is answered with stays the serving bundle's.
+    progress = [] if shadow else [
         ImageProgress(image_id, _dt(t.uploaded_at), _dt(t.extract_started_at), _dt(t.extract_finished_at), t.cached,
                       t.bundle_version)
         for image_id, t in zip(ids, traces, strict=True)
     ]
     inserted = await retry_outages(
         f"writing {len(predictions)} {name} predictions",
-        lambda: runtime.db.write_predictions(progress, predictions, first_answer_only=True), stage=stage,
+        lambda: runtime.db.write_predictions(progress, predictions, first_answer_only=not shadow), stage=stage,
     )
     done = time.time()
     COMPUTE_SECONDS.labels(stage, version).observe(time.perf_counter() - started)
-    for t in traces:
+    for t in ([] if shadow else traces):
         END_TO_END.labels(name, version).observe(max(0.0, done - t.uploaded_at))
     MESSAGES.labels(stage, "ok", version).inc(len(ids))
     return inserted

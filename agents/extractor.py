@@ -39,6 +39,7 @@ class Item:
     pixels: np.ndarray | None = None
     dead: bool = False  # dead-lettered
     version: str | None = None  # the bundle of cached descriptors (None: this batch's bundle)
+    shadow: list[np.ndarray] | None = None  # descriptors of each shadow bundle (extracted items only)
 
 
 async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
@@ -53,11 +54,12 @@ async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore)
     item.pixels = await runtime.in_pool(runtime.decode_pool, model_pixels, data, spec, runtime.settings.max_pixels)
 
 
-def _descriptors(bundle, pixels: list[np.ndarray], wide: bool) -> np.ndarray:
-    """In an ONNX thread, off the event loop: the crops normalized and stacked, the backbone and
-    the reduction run."""
+def _descriptors(bundle, shadows, pixels: list[np.ndarray], wide: bool) -> list[np.ndarray]:
+    """In an ONNX thread, off the event loop: the crops normalized and stacked, the backbone run
+    once, and each bundle's reduction (the serving one's first, then each shadow's)."""
     spec = bundle.extractor.spec
-    return bundle.descriptors(np.stack([normalize(p, spec) for p in pixels]), wide)
+    features = bundle.features(np.stack([normalize(p, spec) for p in pixels]), wide)
+    return [bundle.reduce(features), *(s.reduce(features) for s in shadows)]
 
 
 def split_chunks(items: list, parts: int, min_size: int = 2) -> list[list]:
@@ -76,13 +78,13 @@ def split_chunks(items: list, parts: int, min_size: int = 2) -> list[list]:
 
 
 async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]:
-    """Handle one micro-batch; returns counts (published, cached, dead_lettered)."""
-    bundle = runtime.bundle
+    """Handle one micro-batch; returns counts (published, cached, dead_lettered, shadow)."""
+    bundle, shadows = runtime.bundle, runtime.shadows
     version = bundle.version
     now = time.time()
     BATCH_SIZE.labels(STAGE).observe(len(events))
     items: list[Item] = []
-    counts = {"published": 0, "cached": 0, "dead_lettered": 0}
+    counts = {"published": 0, "cached": 0, "dead_lettered": 0, "shadow": 0}
     for event in events:
         try:
             msg = ImageUploaded.loads(event.value)
@@ -141,30 +143,42 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
         # a batch too small to split (low load) runs whole on the every-core session instead
         chunks = split_chunks(unique, runtime.settings.onnx_parallel)
         wide = len(chunks) == 1
-        outs = await asyncio.gather(*(runtime.in_pool(runtime.onnx_pool, _descriptors, bundle,
+        outs = await asyncio.gather(*(runtime.in_pool(runtime.onnx_pool, _descriptors, bundle, shadows,
                                                       [it.pixels for it in chunk], wide) for chunk in chunks))
-        desc = np.concatenate(outs)
-        for it, d in zip(unique, desc, strict=True):
+        desc = np.concatenate([o[0] for o in outs])
+        runtime.drift.add(bundle, desc)
+        shadow_desc = [np.concatenate([o[1 + s] for o in outs]) for s in range(len(shadows))]
+        for i, (it, d) in enumerate(zip(unique, desc, strict=True)):
             it.descriptors, it.pixels = d, None
+            it.shadow = [sd[i] for sd in shadow_desc]
             with table_codec.event_context(it.event):
                 table[it.msg.sha256] = table_codec.pack(version, d, UUID(it.msg.image_id),
                                                         partition=it.event.message.partition, written_at=now)
     finished = time.time()
     COMPUTE_SECONDS.labels(STAGE, version).observe(time.perf_counter() - started)
 
-    # 4. publish (in input order), waiting for the broker's confirmation
+    # 4. publish (in input order), waiting for the broker's confirmation; then each shadow bundle's
+    #    descriptors of the images extracted in this batch (a repeat answered by the table has no
+    #    features to reduce, so shadows see only extracted images)
     sends = []
     for item in items:
         if item.dead:
             continue
         if item.descriptors is None:
-            item.descriptors = first_of[item.msg.sha256].descriptors
-        payload = encode_descriptors(UUID(item.msg.image_id), item.descriptors)
+            first = first_of[item.msg.sha256]
+            item.descriptors, item.shadow = first.descriptors, first.shadow
+        image_id = UUID(item.msg.image_id)
+        payload = encode_descriptors(image_id, item.descriptors)
         trace = Trace(item.version or version, item.msg.uploaded_at, item.started, finished, item.cached)
         MESSAGE_BYTES.labels(runtime.settings.features_topic).observe(len(payload))
         sends.append(runtime.send(runtime.topics.features, item.msg.image_id.encode(), payload, trace.headers()))
         counts["published"] += 1
         counts["cached"] += item.cached
+        for shadow, d in zip(shadows, item.shadow or (), strict=False):
+            trace = Trace(shadow.version, item.msg.uploaded_at, item.started, finished, False, shadow=True)
+            sends.append(runtime.send(runtime.topics.features, item.msg.image_id.encode(),
+                                      encode_descriptors(image_id, d), trace.headers()))
+            counts["shadow"] += 1
     await asyncio.gather(*sends)
     MESSAGES.labels(STAGE, "ok", version).inc(counts["published"])
     MESSAGES.labels(STAGE, "dead_lettered", version).inc(counts["dead_lettered"])

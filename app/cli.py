@@ -65,19 +65,60 @@ def models_list() -> None:
     from app import registry
     from app.storage.objectstore import ObjectStore
 
-    async def go() -> list[dict]:
-        async with ObjectStore(get_settings()) as store:
-            return await registry.versions(store)
+    async def go():
+        settings = get_settings()
+        async with ObjectStore(settings) as store:
+            return await registry.versions(store), await registry.deployment(store, settings.app_id)
 
-    table = Table("version", "backbone", "k", "reduction", "images", *CLASSIFIERS, "ceiling",
+    manifests, record = asyncio.run(go())
+    table = Table("version", "role", "backbone", "k", "reduction", "images", *CLASSIFIERS, "ceiling",
                   "descriptor space")
     table.columns[0].no_wrap = True
-    for m in asyncio.run(go()):
+    for m in manifests:
         c = m["classifiers"]
-        table.add_row(m["version"], m["backbone"], str(m["k"]), m["reduction"], str(m["data"]["images"]),
+        role = ("serving" if record and m["version"] == record.serving
+                else "shadow" if record and m["version"] in record.shadows else "")
+        table.add_row(m["version"], role, m["backbone"], str(m["k"]), m["reduction"], str(m["data"]["images"]),
                       *(f"{c[n]['top1']:.3f}" for n in CLASSIFIERS), f"{m['ceiling']['top1']:.3f}",
                       m.get("descriptor_space") or "-")
     console.print(table)
+    if record is None:
+        console.print("no deployment record yet: workers serve IMGSTREAM_BUNDLE_VERSION ('latest' = newest "
+                      "published at their start) with IMGSTREAM_SHADOW_BUNDLES as shadows")
+
+
+def _deployment(**change):
+    import asyncio
+
+    from app import registry
+    from app.storage.objectstore import ObjectStore
+
+    async def go():
+        settings = get_settings()
+        async with ObjectStore(settings) as store:
+            return await registry.set_deployment(store, settings.app_id, **change)
+
+    try:
+        record = asyncio.run(go())
+    except ImgstreamError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"serving: [bold]{record.serving}[/]; shadows: {', '.join(record.shadows) or 'none'} "
+                  f"(workers of {get_settings().app_id} follow within IMGSTREAM_REGISTRY_POLL_S)")
+
+
+@models_cli.command("promote")
+def models_promote(version: str = typer.Argument(..., help="a published version, or 'latest'")) -> None:
+    """Make a bundle the serving one: running workers switch to it without a restart (images
+    already answered keep their answer; a shadow promoted stops being a shadow)."""
+    _deployment(serving=version)
+
+
+@models_cli.command("shadow")
+def models_shadow(versions: list[str] = typer.Argument(None, help="published versions (none: no shadows)")) -> None:
+    """Set the shadow bundles: run beside the serving one on the live stream, their predictions
+    stored tagged with their version and never served."""
+    _deployment(shadows=list(versions or []))
 
 
 @cli.command("worker")
@@ -139,6 +180,41 @@ def upload(
     for path, status, body in results:
         if status == 202:
             print(f"{body['image_id']}\t{path}")
+        else:
+            failed += 1
+            Console(stderr=True).print(f"[red]{path}[/]: {status} {body.get('error', body)}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@cli.command("feedback")
+def feedback(
+    folder: Path = typer.Argument(..., help="a labelled folder: <folder>/<label>/<image>"),
+    url: str = typer.Option(None, help="worker URL (default http://IMGSTREAM_WEB_HOST:IMGSTREAM_WEB_PORT)"),
+    concurrency: int = typer.Option(8, help="uploads in flight"),
+) -> None:
+    """Upload a labelled folder and send each image's label (POST /feedback): the live accuracy of
+    the serving bundle and its shadows. Prints image id, label and file per image."""
+    import asyncio
+
+    from app.client import upload_labelled
+
+    if not folder.is_dir():
+        console.print(f"[red]{folder} is not a folder[/]")
+        raise typer.Exit(2)
+    files = [(p, d.name) for d in sorted(folder.iterdir()) if d.is_dir() for p in sorted(d.rglob("*")) if p.is_file()]
+    if not files:
+        console.print(f"[red]no images under {folder}/<label>/[/]")
+        raise typer.Exit(2)
+    base = url or f"http://{get_settings().web_host}:{get_settings().web_port}"
+    token = get_settings().api_token
+    with _progress() as progress:
+        advance = _task_factory(progress, "upload + label")(len(files))
+        results = asyncio.run(upload_labelled(base, files, concurrency, advance,
+                                              token.get_secret_value() if token else None))
+    failed = 0
+    for path, label, status, body in results:
+        if status == 202:
+            print(f"{body['image_id']}\t{label}\t{path}")
         else:
             failed += 1
             Console(stderr=True).print(f"[red]{path}[/]: {status} {body.get('error', body)}")

@@ -37,6 +37,38 @@ async def upload_many(base: str, files: list[Path], concurrency: int = 8, advanc
         return await asyncio.gather(*(one(session, f) for f in files))
 
 
+async def send_feedback(session: aiohttp.ClientSession, base: str, image_id: str, label: str,
+                        token: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.post(f"{base}/feedback/{image_id}", json={"label": label}, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def upload_labelled(base: str, files: list[tuple[Path, str]], concurrency: int = 8, advance=None,
+                          token: str | None = None) -> list[tuple[Path, str, int, dict]]:
+    """Upload each file and send its label as feedback; (path, label, status, body) per file, where
+    status is the upload's unless the upload was accepted and the feedback was not."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(session, path: Path, label: str):
+        async with sem:
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            try:
+                status, body = await upload_bytes(session, base, path.read_bytes(), ctype, token)
+                if status == 202:
+                    fb_status, fb = await send_feedback(session, base, body["image_id"], label, token)
+                    if fb_status != 200:
+                        status, body = fb_status, fb
+            except aiohttp.ClientError as exc:
+                status, body = 0, {"error": str(exc)}
+            if advance:
+                advance(1)
+            return path, label, status, body
+
+    async with aiohttp.ClientSession() as session:
+        return await asyncio.gather(*(one(session, f, label) for f, label in files))
+
+
 class NotComplete(TimeoutError):
     """Raised by ``wait_complete`` at its deadline; ``done`` holds the answers that did arrive."""
 

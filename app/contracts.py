@@ -160,3 +160,99 @@ class Stats(Contract):
     agreement: Agreement
     consumer_lag: dict[str, float]
     model_version: str | None = None
+
+
+# --- label feedback and experiments ----------------------------------------------------------------
+class FeedbackRequest(Contract):
+    label: str
+
+
+class Feedback(Contract):
+    """A label stored for an image (the last one sent wins)."""
+
+    image_id: str
+    label: str
+    received_at: str
+    updates: int
+
+
+class ClassifierAccuracy(Contract):
+    images: int
+    correct: int
+    accuracy: float | None
+
+
+class BundleAccuracy(Contract):
+    version: str
+    classifiers: dict[str, ClassifierAccuracy]
+
+
+class LiveAccuracy(Contract):
+    """Per bundle and classifier, over the labels that arrived within the window."""
+
+    window_s: float
+    bundles: list[BundleAccuracy]
+
+
+class ExperimentClassifier(Contract):
+    predictions: int
+    compared: int  # predictions of images the serving bundle also answered (shadows)
+    agreement: float | None  # share of those with the serving bundle's label
+    labelled: int
+    live_accuracy: float | None
+    held_out_top1: float | None
+
+
+class ExperimentBundle(Contract):
+    version: str
+    role: Literal["serving", "shadow", "other"]
+    k: int | None
+    reduction: str | None
+    predictions: int
+    agreement: float | None  # the three classifiers pooled
+    labelled: int
+    live_accuracy: float | None  # the three classifiers pooled
+    held_out_top1: float | None  # mean of the three classifiers' held-out top-1 (from the manifest)
+    classifiers: dict[str, ExperimentClassifier]
+
+
+class Experiments(Contract):
+    """The serving bundle and its shadows side by side over the window (and any other bundle that
+    made predictions in it, e.g. the one serving before a promotion)."""
+
+    window_s: float
+    serving: str | None
+    shadows: list[str]
+    bundles: list[ExperimentBundle]
+
+
+class Drift(Contract):
+    """The serving descriptors of this worker's extractor against the bundle's training data."""
+
+    available: bool
+    reason: str | None
+    bundle: str | None
+    images: int
+    psi_max: float | None
+    psi: list[float]
+    alert: float
+
+
+class Series(Contract):
+    t: list[float]  # epoch seconds, start of each step
+    values: list[float | None]
+
+
+class Timeseries(Contract):
+    """Charts over time: from PostgreSQL (images completed per second, end to end p50 / p99,
+    agreement, live accuracy per bundle) and from this worker's memory (consumer lag, drift)."""
+
+    window_s: float
+    step_s: float
+    images_per_s: Series
+    end_to_end_p50_ms: Series
+    end_to_end_p99_ms: Series
+    agreement: Series
+    live_accuracy: dict[str, Series]
+    consumer_lag: Series
+    drift_psi_max: Series

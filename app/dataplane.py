@@ -19,17 +19,20 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from app import broker
-from app.contracts import (Accepted, Agreement, Check, ClassifierStats, Consensus, Descriptors, ExtractRequest,
-                           Health, Image, Links, Liveness, Page, Prediction, PredictRequest, PredictResult, Stats, TraceEvent)
+from app import broker, registry
+from app.contracts import (Accepted, Agreement, BundleAccuracy, Check, ClassifierAccuracy, ClassifierStats, Consensus,
+                           Descriptors, Drift, ExperimentBundle, ExperimentClassifier, Experiments, ExtractRequest,
+                           Feedback, FeedbackRequest, Health, Image, Links, LiveAccuracy, Liveness, Page, Prediction,
+                           PredictRequest, PredictResult, Series, Stats, Timeseries, TraceEvent)
 from app.errors import BadRequest, ImgstreamError, ModelError, NotFound, ServiceUnavailable, Unprocessable
 from app.messages import ImageUploaded
-from app.metrics import UPLOADS
+from app.metrics import FEEDBACK, UPLOADS
 from msgspec import UNSET
 from app.runtime import Runtime
 from models.domain import CLASSIFIERS
 from app.storage.database import UploadRecord
 from models.backbones import BackboneSpec
+from models.drift import ALERT as DRIFT_ALERT
 from models.preprocess import EXTENSIONS, FORMATS, model_pixels, model_view, preprocess, probe, validate
 
 log = logging.getLogger("imgstream.dataplane")
@@ -66,6 +69,14 @@ def _model_view_png(data: bytes, spec: BackboneSpec, max_pixels: int) -> bytes:
     return buf.getvalue()
 
 
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _round(value, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
 def _iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts else None
 
@@ -75,6 +86,7 @@ class DataPlane:
         self.rt = runtime
         self.settings = runtime.settings
         self._started = time.monotonic()
+        self._manifest_cache: tuple[float, dict[str, dict]] | None = None
 
     # --- upload --------------------------------------------------------------------------------
     async def upload(self, body: bytes) -> Accepted:
@@ -268,6 +280,95 @@ class DataPlane:
             return self.rt.bundle.version
         except ModelError:
             return None
+
+    # --- label feedback and experiments ------------------------------------------------------------
+    async def feedback(self, raw_id: str, req: FeedbackRequest) -> Feedback:
+        """Store the label of an image (validated against the serving bundle's classes; the last
+        label sent wins)."""
+        image_id = parse_image_id(raw_id)
+        labels = self.rt.bundle.labels
+        if req.label not in labels:
+            raise Unprocessable(f"unknown label {req.label!r}; the bundle's classes are {', '.join(labels)}",
+                                code="unknown_label")
+        row = await self.rt.db.record_feedback(image_id, req.label)
+        if row is None:
+            raise NotFound(f"no image {image_id}", code="image_not_found")
+        FEEDBACK.inc()
+        return Feedback(str(row["image_id"]), row["label"], row["received_at"].isoformat(), row["updates"])
+
+    async def accuracy(self, window_s: float) -> LiveAccuracy:
+        per: dict[str, dict[str, ClassifierAccuracy]] = {}
+        for r in await self.rt.db.live_accuracy(window_s, self.settings.deployment):
+            per.setdefault(r["model_version"], {})[r["classifier"]] = ClassifierAccuracy(
+                r["images"], r["correct"], round(r["correct"] / r["images"], 4) if r["images"] else None)
+        return LiveAccuracy(window_s, [BundleAccuracy(v, c) for v, c in per.items()])
+
+    async def _manifests(self) -> dict[str, dict]:
+        """Published manifests, read at most once a minute."""
+        now = time.monotonic()
+        if self._manifest_cache is None or now - self._manifest_cache[0] > 60:
+            self._manifest_cache = (now, {m["version"]: m for m in await registry.versions(self.rt.store)})
+        return self._manifest_cache[1]
+
+    async def experiments(self, window_s: float) -> Experiments:
+        serving, shadows = await self.rt.target()
+        activity = await self.rt.db.bundle_activity(window_s, self.settings.deployment)
+        accuracy = {(r["model_version"], r["classifier"]): r for r in await self.rt.db.live_accuracy(window_s, self.settings.deployment)}
+        manifests = await self._manifests()
+        versions = list(dict.fromkeys([serving, *shadows, *(r["model_version"] for r in activity)]))
+        act = {(r["model_version"], r["classifier"]): r for r in activity}
+        out = []
+        for version in versions:
+            m = manifests.get(version, {})
+            per = {}
+            for name in CLASSIFIERS:
+                a, acc = act.get((version, name)), accuracy.get((version, name))
+                held = m.get("classifiers", {}).get(name, {}).get("top1")
+                per[name] = ExperimentClassifier(
+                    a["predictions"] if a else 0, a["compared"] if a else 0,
+                    _share(a["agree"], a["compared"]) if a else None,
+                    acc["images"] if acc else 0, _share(acc["correct"], acc["images"]) if acc else None,
+                    round(held, 4) if held is not None else None)
+            compared = sum(c.compared for c in per.values())
+            labelled = sum(c.labelled for c in per.values())
+            agree = sum(act[(version, n)]["agree"] for n in CLASSIFIERS if (version, n) in act)
+            correct = sum(accuracy[(version, n)]["correct"] for n in CLASSIFIERS if (version, n) in accuracy)
+            held = [c.held_out_top1 for c in per.values() if c.held_out_top1 is not None]
+            out.append(ExperimentBundle(
+                version, "serving" if version == serving else "shadow" if version in shadows else "other",
+                m.get("k"), m.get("reduction"), sum(c.predictions for c in per.values()),
+                _share(agree, compared) if version != serving else None, labelled, _share(correct, labelled),
+                round(sum(held) / len(held), 4) if held else None, per))
+        return Experiments(window_s, serving, list(shadows), out)
+
+    def drift(self) -> Drift:
+        if not self.rt.needs_extractor:
+            return Drift(False, "this worker runs no extractor: see imgstream_drift_psi_max in Prometheus", None,
+                         0, None, [], DRIFT_ALERT)
+        score = self.rt.drift.score()
+        if score is None:
+            monitor = self.rt.drift
+            reason = ("the serving bundle carries no training statistics (trained before they were kept)"
+                      if monitor.version is not None and monitor.reference is None
+                      else f"fewer than {monitor.minimum} images in the window yet")
+            return Drift(False, reason, monitor.version, len(monitor._rows), None, [], DRIFT_ALERT)
+        return Drift(True, None, score["bundle"], score["images"], score["psi_max"], score["psi"], score["alert"])
+
+    async def timeseries(self, window_s: float, step_s: float) -> Timeseries:
+        rows = await self.rt.db.timeseries(window_s, step_s, self.settings.deployment)
+        t = [r["t"].timestamp() for r in rows]
+        acc: dict[str, Series] = {}
+        for r in await self.rt.db.accuracy_timeseries(window_s, step_s, self.settings.deployment):
+            series = acc.setdefault(r["model_version"], Series([], []))
+            series.t.append(r["t"].timestamp())
+            series.values.append(round(float(r["accuracy"]), 4))
+        samples = self.rt.history.since(window_s)
+        st = [s["t"] for s in samples]
+        return Timeseries(
+            window_s, step_s, Series(t, [round(r["images"] / step_s, 3) for r in rows]),
+            Series(t, [_round(r["p50_ms"]) for r in rows]), Series(t, [_round(r["p99_ms"]) for r in rows]),
+            Series(t, [_round(r["agreement"], 4) for r in rows]), acc,
+            Series(st, [s.get("lag") for s in samples]), Series(st, [s.get("drift") for s in samples]))
 
     # --- health ----------------------------------------------------------------------------------
     async def live(self) -> Liveness:

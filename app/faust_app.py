@@ -8,6 +8,7 @@ a worker running every role uses the consumer group ``<app_id>``, a worker runni
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import lru_cache
 
@@ -17,9 +18,12 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from app import faust_patches
 from app.dataplane import DataPlane
 from app.logs import configure_logging, json_logging_config
-from app.metrics import HEAP_RELEASED, HEAP_TRIM_SECONDS, REGISTRY
+from app.metrics import (CONSUMER_LAG, DRIFT, DRIFT_MAX, HEAP_RELEASED, HEAP_TRIM_SECONDS, LIVE_ACCURACY, LIVE_LABELLED,
+                         REGISTRY)
 from app.runtime import Runtime, service_for
 from app.settings import Settings, get_settings
+
+log = logging.getLogger("imgstream.app")
 
 
 class ImgstreamWorker(faust.Worker):
@@ -103,6 +107,7 @@ def create_app(settings: Settings) -> ImgstreamApp:
         classifiers.register(app, app.runtime, names)
     if "dead-letter" in settings.roles:
         dead_letter.register(app, app.runtime)
+    _monitors(app, settings)
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="imgstream_faust")
     if settings.heap_trim_interval_s:
         from app.memtrace import release_free_heap
@@ -124,6 +129,34 @@ def create_app(settings: Settings) -> ImgstreamApp:
         async def memory_trace() -> None:
             trace.tick()
     return app
+
+
+def _monitors(app: ImgstreamApp, settings: Settings) -> None:
+    """Timers: the drift score and the dashboard's in-memory history every 10 s; the live accuracy
+    gauges every 30 s (from PostgreSQL, by workers with the front role only)."""
+    runtime = app.runtime
+
+    @app.timer(10.0, name="drift-and-history")
+    async def drift_and_history() -> None:
+        score = runtime.drift.score()
+        if score is not None:
+            for i, value in enumerate(score["psi"]):
+                DRIFT.labels(score["bundle"], str(i)).set(value)
+            DRIFT_MAX.labels(score["bundle"]).set(score["psi_max"])
+        lag = sum(s.value for m in CONSUMER_LAG.collect() for s in m.samples)
+        runtime.history.add(lag=lag, drift=score["psi_max"] if score else None)
+
+    if "front" in settings.roles:
+        @app.timer(30.0, name="live-accuracy")
+        async def live_accuracy() -> None:
+            try:
+                rows = await runtime.db.live_accuracy(settings.accuracy_window_s, settings.deployment)
+            except Exception as exc:  # noqa: BLE001 - a metric must never take the worker down
+                log.debug("live accuracy unavailable: %s", exc)
+                return
+            for r in rows:
+                LIVE_ACCURACY.labels(r["model_version"], r["classifier"]).set(r["correct"] / r["images"])
+                LIVE_LABELLED.labels(r["model_version"], r["classifier"]).set(r["images"])
 
 
 @lru_cache(maxsize=1)

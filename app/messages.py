@@ -9,7 +9,8 @@ the descriptor table is co-partitioned with it.
     bytes 1-16   image id (UUID, 16 bytes)
     bytes 17-    k float32 descriptors, little endian      -> 97 bytes for k = 20
 
-Timings and the bundle version ride in Kafka headers (``Trace``), so the payload stays small.
+Timings, the bundle version and whether a shadow bundle made the descriptors ride in Kafka
+headers (``Trace``), so the payload stays small.
 
 ``images-dead-letter``: ``DeadLetter`` as JSON — the refusing stage, the reason, where the refused
 message sat, and the image's ids when they could be read.
@@ -101,16 +102,18 @@ class Trace:
     extract_started_at: float
     extract_finished_at: float
     cached: bool
+    shadow: bool = False  # made by a shadow bundle: stored, never served
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [("v", self.bundle_version.encode()), ("t", struct.pack("<3d", self.uploaded_at,
-                self.extract_started_at, self.extract_finished_at)), ("c", b"1" if self.cached else b"0")]
+        out = [("v", self.bundle_version.encode()), ("t", struct.pack("<3d", self.uploaded_at,
+               self.extract_started_at, self.extract_finished_at)), ("c", b"1" if self.cached else b"0")]
+        return [*out, ("r", b"shadow")] if self.shadow else out
 
     @classmethod
     def from_headers(cls, headers) -> Trace:
         h = dict(headers.items() if hasattr(headers, "items") else headers or [])
         try:
             up, start, end = struct.unpack("<3d", h["t"])
-            return cls(h["v"].decode(), up, start, end, h.get("c") == b"1")
+            return cls(h["v"].decode(), up, start, end, h.get("c") == b"1", h.get("r") == b"shadow")
         except (KeyError, struct.error, UnicodeDecodeError) as exc:
             raise Unprocessable("descriptor message without valid trace headers", code="malformed_message") from exc

@@ -96,3 +96,15 @@ POISON = Counter(
     "imgstream_poison_messages_total", "Messages isolated from a failing batch and dead-lettered, by stage.",
     ["stage"], registry=REGISTRY,
 )
+SHADOWS = Gauge("imgstream_shadow_bundles", "Shadow bundles this worker's extractor runs beside the serving one.",
+                registry=REGISTRY)
+DRIFT = Gauge("imgstream_drift_psi", "Population stability index of each descriptor of the recent serving "
+              "descriptors against the bundle's training data.", ["bundle", "descriptor"], registry=REGISTRY)
+DRIFT_MAX = Gauge("imgstream_drift_psi_max", "The largest per-descriptor PSI: the stream's drift score "
+                  "(0.1-0.25 moderate, above 0.25 large).", ["bundle"], registry=REGISTRY)
+FEEDBACK = Counter("imgstream_feedback_total", "Labels received through POST /feedback.", registry=REGISTRY)
+LIVE_ACCURACY = Gauge("imgstream_live_accuracy", "Share of labelled images a classifier of a bundle got right, "
+                      "over the feedback of the last IMGSTREAM_ACCURACY_WINDOW_S.", ["bundle", "classifier"],
+                      registry=REGISTRY)
+LIVE_LABELLED = Gauge("imgstream_live_accuracy_images", "Labelled images behind imgstream_live_accuracy.",
+                      ["bundle", "classifier"], registry=REGISTRY)

@@ -20,8 +20,9 @@ from mode import Service
 
 from app import broker, registry
 from app.backoff import Backoff
-from app.errors import ModelError, ServiceUnavailable
-from app.metrics import BUNDLE, CONSUMER_LAG, UNRECORDED
+from app.errors import ModelError, NotFound, ServiceUnavailable
+from app.metrics import BUNDLE, CONSUMER_LAG, SHADOWS, UNRECORDED
+from app.monitor import DriftMonitor, History
 from app.settings import Settings
 from app.storage.database import Database, UploadRecord
 from app.storage.objectstore import ObjectStore
@@ -80,6 +81,9 @@ class Runtime:
         self.recent_uploads = RecentUploads(settings.local_object_cache_mb << 20)
         self._bundle: Bundle | None = None
         self._other_bundles: dict[str, Bundle] = {}
+        self._shadows: tuple[Bundle, ...] = ()
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_images)
+        self.history = History()
         self.bundle_error = "model bundle not loaded yet"
         # One thread per side-by-side ONNX call of a batch (IMGSTREAM_ONNX_PARALLEL), each with
         # settings.worker_ort_threads intra-op threads; decoding and LightGBM get their own threads.
@@ -138,27 +142,80 @@ class Runtime:
         for pool in (self.onnx_pool, self.decode_pool, self.predict_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _load_bundle_forever(self) -> None:
-        """Fetch and load the configured bundle; keep retrying while none is published or S3 is down."""
-        backoff = Backoff(1.0, 15.0)
-        while self._bundle is None:
-            try:
-                path = await registry.fetch(self.store, self.settings.bundle_version, self.settings.bundles_dir)
-                bundle = await asyncio.get_running_loop().run_in_executor(
-                    self.onnx_pool,
-                    lambda: Bundle.load(path, extractor=self.needs_extractor, threads=self.settings.worker_ort_threads,
-                                        providers=list(self.settings.onnx_providers),
-                                        wide_threads=self.settings.worker_wide_threads),
-                )
-                self._bundle = bundle
-                BUNDLE.labels(bundle.version, bundle.manifest["backbone"], str(bundle.k)).set(1)
+    @property
+    def shadows(self) -> tuple[Bundle, ...]:
+        """Shadow bundles this worker's extractor runs beside the serving one (same backbone)."""
+        return self._shadows
+
+    async def target(self) -> tuple[str, tuple[str, ...]]:
+        """(serving version, shadow versions) this worker should run now: see
+        ``Settings.bundle_version`` and ``Settings.shadow_bundles``. Publishing a bundle never
+        changes what a running worker serves; promoting one does."""
+        record = await registry.deployment(self.store, self.settings.app_id)
+        serving = self.settings.bundle_version
+        if serving == "latest":
+            if record is not None and record.serving:
+                serving = record.serving
+            elif self._bundle is not None:
+                serving = self._bundle.version
+        serving = await registry.resolve(self.store, serving)
+        shadows = tuple(record.shadows) if record is not None else self.settings.shadow_bundles
+        return serving, tuple(v for v in shadows if v != serving)
+
+    async def _load(self, version: str, extractor: bool) -> Bundle:
+        path = await registry.fetch(self.store, version, self.settings.bundles_dir)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: Bundle.load(path, extractor=extractor, threads=self.settings.worker_ort_threads,
+                                      providers=list(self.settings.onnx_providers),
+                                      wide_threads=self.settings.worker_wide_threads))
+
+    async def _apply(self, serving: str, shadows: tuple[str, ...]) -> None:
+        """Load what changed and swap it in; a batch in flight keeps the bundles it started with."""
+        if self._bundle is None or self._bundle.version != serving:
+            bundle = await self._load(serving, self.needs_extractor)
+            previous, self._bundle = self._bundle, bundle
+            BUNDLE.labels(bundle.version, bundle.manifest["backbone"], str(bundle.k)).set(1)
+            if previous is not None:
+                BUNDLE.labels(previous.version, previous.manifest["backbone"], str(previous.k)).set(0)
+                log.info("now serving bundle %s (was %s)", bundle.version, previous.version)
+            else:
                 log.info("loaded model bundle %s (%s, k=%d)", bundle.version, bundle.manifest["backbone"], bundle.k)
+        wanted = shadows if self.needs_extractor else ()
+        if tuple(b.version for b in self._shadows) != wanted or any(
+                b.backbone_id != self._bundle.backbone_id for b in self._shadows):
+            loaded = {b.version: b for b in self._shadows}
+            out = []
+            for version in wanted:
+                bundle = loaded.get(version) or await self._load(version, extractor=False)
+                if bundle.backbone_id != self._bundle.backbone_id:
+                    log.warning("shadow bundle %s uses another backbone (%s) than the serving one (%s): not run; "
+                                "re-classify history with it instead (imgstream replay)", version,
+                                bundle.manifest["backbone"], self._bundle.manifest["backbone"])
+                    continue
+                out.append(bundle)
+            self._shadows = tuple(out)
+            SHADOWS.set(len(out))
+            log.info("shadow bundles: %s", ", ".join(b.version for b in out) or "none")
+
+    async def _load_bundle_forever(self) -> None:
+        """Load the bundles the settings and the registry name, then follow the registry's record;
+        keep retrying while none is published or S3 is down."""
+        backoff = Backoff(1.0, 15.0)
+        while True:
+            try:
+                await self._apply(*await self.target())
+                backoff.reset()
+                await asyncio.sleep(self.settings.registry_poll_s)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001 - keep trying; health reports why
-                known = isinstance(exc, (ModelError, ServiceUnavailable))
-                self.bundle_error = exc.message if known else repr(exc)
+                known = isinstance(exc, (ModelError, ServiceUnavailable, NotFound))
+                if self._bundle is None:
+                    self.bundle_error = exc.message if known else repr(exc)
                 if not known:  # a corrupt bundle, say: the traceback says where it broke
-                    log.exception("loading the model bundle failed")
-                log.warning("model bundle not loaded: %s (retrying in %.0fs)", self.bundle_error, backoff.delay)
+                    log.exception("loading a model bundle failed")
+                log.warning("model bundles not (re)loaded: %s (retrying in %.0fs)",
+                            exc.message if known else repr(exc), backoff.delay)
                 await backoff.wait()
 
     async def _lag_forever(self, every: float = 5.0) -> None:

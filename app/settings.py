@@ -95,7 +95,24 @@ class Settings(BaseSettings):
     backbone: Backbone = "efficientnet_lite0"
     """Backbone of the bundles `models train` makes when no --backbone is given."""
     bundle_version: str = "latest"
-    """Model bundle version workers load from the object store ('latest' = newest published)."""
+    """Model bundle version workers serve. 'latest': the one the deployment's registry record names
+    (`imgstream models promote`; followed without a restart), else the newest published. A
+    version pinned here is served whatever the registry says."""
+    shadow_bundles: Annotated[tuple[str, ...], NoDecode] = ()
+    """Bundles run beside the serving one on the live stream (comma-separated versions): their
+    predictions are stored tagged with their version and never served. The registry's record
+    (`imgstream models shadow`), once written, takes over and is followed without a restart.
+    A shadow must share the serving bundle's backbone: it costs a reduction and three small
+    models per image, not a second backbone run."""
+    registry_poll_s: float = Field(10.0, gt=0)
+    """How often a worker reads the deployment's registry record (serving bundle and shadows)."""
+    drift_window: int = Field(500, ge=20)
+    """Recent serving descriptors the drift score compares with the bundle's training statistics."""
+    drift_min_images: int = Field(200, ge=10)
+    """Descriptors needed in the window before a drift score is reported (with fewer, sampling
+    noise alone reaches the alert level: about 9 / n per descriptor for 10 bins)."""
+    accuracy_window_s: float = Field(3600.0, gt=0)
+    """Sliding window of label feedback (by when the label arrived) for the live accuracy metric."""
     descriptor_k: int = Field(DEFAULT_K, ge=2, le=256)
     """Descriptors per image of the bundles `models train` makes when no --k is given (a worker
     takes k from its bundle)."""
@@ -195,6 +212,12 @@ class Settings(BaseSettings):
     def _groups(cls, value):
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(g.strip() for g in items if g.strip())
+
+    @field_validator("shadow_bundles", mode="before")
+    @classmethod
+    def _shadows(cls, value):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(dict.fromkeys(v.strip() for v in items if v.strip()))
 
     @field_validator("onnx_providers", mode="before")
     @classmethod

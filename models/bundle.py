@@ -48,6 +48,15 @@ class Bundle:
     def k(self) -> int:
         return self.reducer.k
 
+    @property
+    def backbone_id(self) -> tuple[str, str | None]:
+        """The backbone and its exported file's hash: bundles with equal ids run the same ONNX."""
+        return self.manifest["backbone"], self.manifest.get("onnx", {}).get("sha256")
+
+    def reduce(self, features: np.ndarray) -> np.ndarray:
+        """Backbone features -> (N, k) descriptors (a shadow bundle reduces the serving one's)."""
+        return self.reducer.transform(features)
+
     @classmethod
     def load(cls, path: Path, *, extractor: bool = True, threads: int = 0, providers: list[str] | None = None,
              wide_threads: int | None = None) -> Bundle:

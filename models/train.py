@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from models import classifier as clf
-from models import data, metrics, reduction
+from models import data, drift, metrics, reduction
 from models.bundle import Bundle, write_manifest
 from models.domain import CLASSIFIERS, K_SWEEP
 from models.extractor import FeatureExtractor
@@ -188,6 +188,9 @@ def train(cfg: TrainConfig, out_root: Path, progress=None, log=print) -> tuple[P
         "reduction": red.method,
         # Bundles with the same descriptor space read each other's descriptors (imgstream replay).
         "descriptor_space": space,
+        # What the descriptors of the training images look like (the fit split): the worker's drift
+        # score compares recent descriptors with these (models/drift.py).
+        "descriptor_stats": drift.reference(d_fit),
         "reducer_from": cfg.reducer_from,
         "labels": labels,
         "data": {"source": Path(cfg.source).name, "hash": digest, "images": len(samples),

@@ -312,11 +312,84 @@ class Database:
     async def prediction_stats(self, window_s: int = 300) -> list[asyncpg.Record]:
         """Per classifier over the last window: count and latency percentiles."""
         return await self.pool.fetch(
-            """SELECT classifier, count(*) AS n,
-                      count(*) FILTER (WHERE created_at > now() - interval '60 seconds') AS last_minute,
-                      percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
-                      percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
-               FROM predictions WHERE created_at > now() - make_interval(secs => $1)
-               GROUP BY classifier ORDER BY classifier""",
+            """SELECT p.classifier, count(*) AS n,
+                      count(*) FILTER (WHERE p.created_at > now() - interval '60 seconds') AS last_minute,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY p.latency_ms) AS p50,
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY p.latency_ms) AS p99
+               FROM predictions p JOIN images i ON i.image_id = p.image_id AND p.model_version = i.bundle_version
+               WHERE p.created_at > now() - make_interval(secs => $1)
+               GROUP BY p.classifier ORDER BY p.classifier""",
             float(window_s),
+        )
+
+    # --- label feedback and experiments ----------------------------------------------------------
+    async def record_feedback(self, image_id: UUID, label: str) -> asyncpg.Record | None:
+        """Store an image's label (the last one wins); None for an unknown image."""
+        return await self.pool.fetchrow(
+            """INSERT INTO feedback (image_id, label)
+               SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM images WHERE image_id = $1)
+               ON CONFLICT (image_id) DO UPDATE SET label = EXCLUDED.label, received_at = now(),
+                 updates = feedback.updates + 1
+               RETURNING image_id, label, received_at, updates""",
+            image_id, label,
+        )
+
+    async def live_accuracy(self, window_s: float, deployment: str) -> list[asyncpg.Record]:
+        """Per (bundle, classifier): the deployment's labelled images whose label arrived within
+        the window, and how many of them the classifier got right."""
+        return await self.pool.fetch(
+            """SELECT p.model_version, p.classifier, count(*) AS images,
+                      count(*) FILTER (WHERE p.label = f.label) AS correct
+               FROM feedback f JOIN images i ON i.image_id = f.image_id AND i.deployment = $2
+               JOIN predictions p ON p.image_id = f.image_id
+               WHERE f.received_at > now() - make_interval(secs => $1)
+               GROUP BY p.model_version, p.classifier ORDER BY p.model_version, p.classifier""",
+            float(window_s), deployment,
+        )
+
+    async def bundle_activity(self, window_s: float, deployment: str) -> list[asyncpg.Record]:
+        """Per (bundle, classifier) over the window: predictions made, and for bundles other than
+        the one serving each image, how often they agree with the serving bundle's label."""
+        return await self.pool.fetch(
+            """SELECT p.model_version, p.classifier, count(*) AS predictions,
+                      count(v.label) AS compared, count(*) FILTER (WHERE p.label = v.label) AS agree,
+                      bool_or(p.model_version = i.bundle_version) AS served
+               FROM predictions p JOIN images i ON i.image_id = p.image_id AND i.deployment = $2
+               LEFT JOIN predictions v ON v.image_id = p.image_id AND v.classifier = p.classifier
+                    AND v.model_version = i.bundle_version AND p.model_version <> i.bundle_version
+               WHERE p.created_at > now() - make_interval(secs => $1)
+               GROUP BY p.model_version, p.classifier ORDER BY p.model_version, p.classifier""",
+            float(window_s), deployment,
+        )
+
+    async def timeseries(self, window_s: float, step_s: float, deployment: str) -> list[asyncpg.Record]:
+        """Per time step (by when an image's third serving prediction was committed): images
+        completed, end-to-end p50 / p99 (accepted -> third prediction) and the unanimous share."""
+        return await self.pool.fetch(
+            """WITH done AS (
+                 SELECT i.image_id, max(p.created_at) AS done_at,
+                        extract(epoch FROM max(p.created_at) - i.accepted_at) AS e2e,
+                        count(DISTINCT p.label) = 1 AS unanimous
+                 FROM images i JOIN predictions p ON p.image_id = i.image_id AND p.model_version = i.bundle_version
+                 WHERE i.accepted_at > now() - make_interval(secs => $1) AND i.deployment = $3
+                 GROUP BY i.image_id, i.accepted_at HAVING count(*) = 3)
+               SELECT to_timestamp(floor(extract(epoch FROM done_at) / $2) * $2) AS t, count(*) AS images,
+                      1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY e2e) AS p50_ms,
+                      1000 * percentile_cont(0.99) WITHIN GROUP (ORDER BY e2e) AS p99_ms,
+                      avg(unanimous::int) AS agreement
+               FROM done GROUP BY 1 ORDER BY 1""",
+            float(window_s), float(step_s), deployment,
+        )
+
+    async def accuracy_timeseries(self, window_s: float, step_s: float, deployment: str) -> list[asyncpg.Record]:
+        """Per time step (by when the label arrived) and bundle: the share of its predictions of
+        labelled images that were right (the three classifiers pooled)."""
+        return await self.pool.fetch(
+            """SELECT to_timestamp(floor(extract(epoch FROM f.received_at) / $2) * $2) AS t, p.model_version,
+                      count(*) AS predictions, avg((p.label = f.label)::int) AS accuracy
+               FROM feedback f JOIN images i ON i.image_id = f.image_id AND i.deployment = $3
+               JOIN predictions p ON p.image_id = f.image_id
+               WHERE f.received_at > now() - make_interval(secs => $1)
+               GROUP BY 1, 2 ORDER BY 1, 2""",
+            float(window_s), float(step_s), deployment,
         )

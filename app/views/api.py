@@ -12,7 +12,7 @@ import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
-from app.contracts import ExtractRequest, PredictRequest
+from app.contracts import ExtractRequest, FeedbackRequest, PredictRequest
 from app.dataplane import DataPlane
 from app.errors import (BadRequest, ImgstreamError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
                         Unprocessable, UnsupportedMediaType)
@@ -188,6 +188,32 @@ async def health(request: web.Request) -> web.Response:
     """Readiness: served at /ready and at /health."""
     ok, body = await request.app[DATAPLANE].health()
     return _json(body, 200 if ok else 503)
+
+
+async def feedback(request: web.Request) -> web.Response:
+    _authorize(request)
+    req = await _json_request(request, FeedbackRequest, "invalid_feedback")
+    return _json(await request.app[DATAPLANE].feedback(request.match_info["image_id"], req))
+
+
+def _window(request: web.Request) -> int:
+    return _int_param(request, "window_s", int(request.app[SETTINGS].accuracy_window_s), 60, 30 * 86400)
+
+
+async def accuracy(request: web.Request) -> web.Response:
+    return _json(await request.app[DATAPLANE].accuracy(_window(request)))
+
+
+async def experiments(request: web.Request) -> web.Response:
+    return _json(await request.app[DATAPLANE].experiments(_window(request)))
+
+
+async def drift(request: web.Request) -> web.Response:
+    return _json(request.app[DATAPLANE].drift())
+
+
+async def timeseries(request: web.Request) -> web.Response:
+    return _json(await request.app[DATAPLANE].timeseries(_window(request), _int_param(request, "step_s", 60, 5, 3600)))
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ def _query(name: str, schema: dict) -> dict:
 
 
 IMAGE_ID = _path("image_id")
+WINDOW = _query("window_s", {"type": "integer", "minimum": 60, "maximum": 30 * 86400})
 ROUTES = (
     Route("post", "/upload", "upload", "Upload an image (JPEG, PNG or WebP); answered 202 once stored and queued.",
           ok=(202, "Accepted: stored in S3 and queued in Kafka", c.Accepted, "application/json"), writes=True,
@@ -69,6 +70,23 @@ ROUTES = (
           ok=(200, "All healthy", c.Health, "application/json"), errors={503: "Something is down"}),
     Route("get", "/stats", "stats", "Per-classifier throughput and latency, agreement and consumer lag.",
           ok=(200, "Live figures", c.Stats, "application/json")),
+    Route("post", "/feedback/{image_id}", "feedback", "Send an image's true label (one of the serving bundle's "
+          "classes); idempotent, the last label sent wins. Feeds the live accuracy.",
+          ok=(200, "The label stored", c.Feedback, "application/json"), request=c.FeedbackRequest, writes=True,
+          errors={400: "Malformed image id or body", 404: "Unknown image id", 422: "Not one of the bundle's classes"},
+          params=(IMAGE_ID,)),
+    Route("get", "/accuracy", "accuracy", "Live accuracy per bundle and classifier over the labels received "
+          "within the window.", ok=(200, "Live accuracy", c.LiveAccuracy, "application/json"),
+          params=(WINDOW,)),
+    Route("get", "/experiments", "experiments", "The serving bundle and its shadows side by side: predictions, "
+          "agreement with the serving bundle, live and held-out accuracy.",
+          ok=(200, "Experiments", c.Experiments, "application/json"), params=(WINDOW,)),
+    Route("get", "/drift", "drift", "Drift of the recent serving descriptors against the bundle's training data "
+          "(population stability index per descriptor; this worker's extractor).",
+          ok=(200, "Drift", c.Drift, "application/json")),
+    Route("get", "/timeseries", "timeseries", "The dashboard's charts over time.",
+          ok=(200, "Series", c.Timeseries, "application/json"),
+          params=(WINDOW, _query("step_s", {"type": "integer", "minimum": 5, "maximum": 3600}))),
     Route("get", "/openapi.json", "openapi_json", "This document.", ok=(200, "OpenAPI 3.1", None, "application/json")),
     Route("get", "/dashboard", "dashboard", "The live dashboard.", ok=(200, "HTML", None, "text/html")),
 )

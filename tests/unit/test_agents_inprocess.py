@@ -208,3 +208,51 @@ async def test_an_image_that_always_breaks_the_backbone_is_isolated_as_poison(ex
     assert letter.code == "poison_message" and letter.image_id == events[1][0] and "RuntimeError" in letter.reason
     assert {str(decode_descriptors(s.value)[0]) for s in runtime.on(runtime.settings.features_topic)} == {
         events[i][0] for i in (0, 2, 3)}
+
+
+async def test_shadow_bundles_share_the_backbone_run_and_publish_tagged_descriptors(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    k10, k5 = tiny_bundle("shadow-a", k=3, seed=1), tiny_bundle("shadow-b", k=5, seed=2)
+    runtime._shadows = (k10, k5)
+    red, green = image((255, 0, 0), salt="sr"), image((0, 255, 0), salt="sg")
+    events = [upload_event(runtime, red), upload_event(runtime, green), upload_event(runtime, red)]
+    async with _agent(app, "extractor").test_context() as agent:
+        for _, key, value in events:
+            await agent.put(value, key=key, wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 9, what="3 serving + 6 shadow messages")
+    assert bundle.extractor.images == 2  # one backbone run per distinct image, whatever the shadows
+    assert k10.extractor.images == 0 and k5.extractor.images == 0
+    by_version: dict[str, list] = {}
+    for s in runtime.on(runtime.settings.features_topic):
+        t = Trace.from_headers(s.headers)
+        by_version.setdefault(t.bundle_version, []).append((t, *decode_descriptors(s.value)))
+    assert {v: len(m) for v, m in by_version.items()} == {"v1": 3, "shadow-a": 3, "shadow-b": 3}
+    assert all(not t.shadow for t, _, _ in by_version["v1"])
+    assert all(t.shadow for v in ("shadow-a", "shadow-b") for t, _, _ in by_version[v])
+    assert {len(d) for _, _, d in by_version["shadow-a"]} == {3} and {len(d) for _, _, d in by_version["shadow-b"]} == {5}
+    # each shadow's descriptors are its own reduction of the same features
+    first = events[0][0]
+    features = bundle.features(preprocess(red, bundle.extractor.spec)[None])
+    got = next(d for _, i, d in by_version["shadow-a"] if str(i) == first)
+    assert np.allclose(got, k10.reduce(features)[0], atol=1e-5)
+
+
+async def test_shadow_predictions_are_stored_but_never_answer_the_image(classifier_rig):
+    app, runtime, v1 = classifier_rig
+    shadow = tiny_bundle("v1-shadow", k=3, seed=1)
+    runtime.others["v1-shadow"] = shadow
+    image_id = uuid.uuid4()
+    now = __import__("time").time()
+    key, value, headers = descriptor_event(v1, image_id, np.zeros(4))
+    s_trace = Trace("v1-shadow", now - 0.1, now - 0.05, now, False, shadow=True)
+    from app.messages import encode_descriptors
+
+    async with _agent(app, "classifier-fast").test_context() as agent:
+        # the shadow's message first: it must not decide which bundle answers the image
+        await agent.put(encode_descriptors(image_id, np.zeros(3)), key=key, headers=s_trace.headers(), wait=False)
+        await until(lambda: len(runtime.db.rows) == 1)
+        assert image_id not in runtime.db.progress
+        await agent.put(value, key=key, headers=headers, wait=False)
+        await until(lambda: len(runtime.db.rows) == 2)
+    assert runtime.db.progress[image_id].bundle_version == "v1"
+    assert {v for _, _, v in runtime.db.rows} == {"v1", "v1-shadow"}

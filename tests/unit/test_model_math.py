@@ -69,3 +69,20 @@ def test_metrics_known_values():
     assert metrics.ece(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
     # bins: 0.9 right, 0.8 right, 0.6 wrong, 0.7 right -> |1-.9|/4+|1-.8|/4+|0-.6|/4+|1-.7|/4
     assert metrics.ece(y, p) == pytest.approx((0.1 + 0.2 + 0.6 + 0.3) / 4)
+
+
+def test_drift_psi_stays_low_on_the_training_distribution_and_rises_on_a_shift():
+    from models import drift
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(5000, 6))
+    ref = drift.reference(train)
+    assert len(ref["edges"]) == 6 and len(ref["edges"][0]) == drift.BINS - 1
+    same = drift.psi(ref, rng.normal(size=(500, 6)))
+    assert same.max() < 0.1  # sampling noise of 500 draws in 10 bins: about 9/500 per descriptor
+    shifted = rng.normal(size=(500, 6))
+    shifted[:, 2] = shifted[:, 2] * 0.2 + 1.5  # one descriptor moved and narrowed
+    psi = drift.psi(ref, shifted)
+    assert psi[2] > drift.ALERT and np.delete(psi, 2).max() < 0.1
+    with pytest.raises(ValueError):
+        drift.psi(ref, np.zeros((10, 5)))

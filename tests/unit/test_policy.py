@@ -73,11 +73,18 @@ async def test_bundle_loader_survives_an_exception_without_a_message(monkeypatch
     from app import runtime as runtime_mod
 
     rt = _runtime()
-    good = SimpleNamespace(version="v2", manifest={"backbone": "efficientnet_lite0"}, k=20)
+    good = SimpleNamespace(version="v2", manifest={"backbone": "efficientnet_lite0"}, k=20,
+                           backbone_id=("efficientnet_lite0", None))
     tries = []
 
     async def fetch(store, version, folder):
         return f"/bundles/{len(tries)}"
+
+    async def no_record(store, app_id):
+        return None
+
+    async def resolve(store, version):
+        return "v2"
 
     def load(path, **kw):
         tries.append(path)
@@ -86,11 +93,18 @@ async def test_bundle_loader_survives_an_exception_without_a_message(monkeypatch
         return good
 
     monkeypatch.setattr(runtime_mod.registry, "fetch", fetch)
+    monkeypatch.setattr(runtime_mod.registry, "deployment", no_record)
+    monkeypatch.setattr(runtime_mod.registry, "resolve", resolve)
     monkeypatch.setattr(runtime_mod.Bundle, "load", staticmethod(load))
     real_sleep = asyncio.sleep
     monkeypatch.setattr(runtime_mod.asyncio, "sleep", lambda s: real_sleep(0))
     with caplog.at_level(logging.WARNING, "imgstream.runtime"):
-        await asyncio.wait_for(rt._load_bundle_forever(), 5)
+        task = asyncio.create_task(rt._load_bundle_forever())  # it then follows the registry: never returns
+        for _ in range(500):
+            if rt._bundle is not None:
+                break
+            await real_sleep(0.01)
+        task.cancel()
     assert rt.bundle is good
     assert "bad magic number" in caplog.text
 

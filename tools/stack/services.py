@@ -345,8 +345,11 @@ class Prometheus(Service):
 
     def launch(self) -> None:
         config = self.dir / "prometheus.yml"
+        rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
         config.write_text(
-            "global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: imgstream\n"
+            "global:\n  scrape_interval: 5s\n  evaluation_interval: 15s\n"
+            f"rule_files:\n  - {rules}\n"
+            "scrape_configs:\n  - job_name: imgstream\n"
             f"    static_configs:\n      - targets: ['{self.settings.web_host}:{self.settings.web_port}']\n")
         self.proc.start([shutil.which("prometheus") or "prometheus", f"--config.file={config}",
                          f"--storage.tsdb.path={self.dir / 'data'}", "--web.listen-address=127.0.0.1:9090",

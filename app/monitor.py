@@ -1,0 +1,53 @@
+"""What a worker watches on its own stream, in memory: the drift of the serving bundle's recent
+descriptors (models/drift.py against the bundle's training statistics) and a short history of
+the figures the dashboard charts that PostgreSQL does not hold (consumer lag, drift)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from models import drift
+
+
+class DriftMonitor:
+    """A window of the last ``size`` serving descriptors; the score is reported once ``minimum``
+    of them arrived. A new serving bundle (another descriptor space) starts a new window."""
+
+    def __init__(self, size: int, minimum: int) -> None:
+        self.size, self.minimum = size, minimum
+        self.version: str | None = None
+        self.reference: dict | None = None
+        self._rows: deque[np.ndarray] = deque(maxlen=size)
+
+    def add(self, bundle, descriptors: np.ndarray) -> None:
+        if bundle.version != self.version:
+            self.version, self.reference = bundle.version, bundle.manifest.get("descriptor_stats")
+            self._rows.clear()
+        if self.reference is not None:
+            self._rows.extend(np.asarray(descriptors, np.float32).reshape(-1, bundle.k))
+
+    def score(self) -> dict | None:
+        """{bundle, images, psi (per descriptor), psi_max, alert}; None until there is enough (or
+        when the bundle carries no training statistics: bundles made before they were kept)."""
+        if self.reference is None or len(self._rows) < self.minimum:
+            return None
+        values = drift.psi(self.reference, np.stack(self._rows))
+        return {"bundle": self.version, "images": len(self._rows), "psi": [round(float(v), 4) for v in values],
+                "psi_max": round(float(values.max()), 4), "alert": drift.ALERT}
+
+
+class History:
+    """Samples of a few figures every ``every`` seconds, the last ``keep`` of them."""
+
+    def __init__(self, keep: int = 360) -> None:
+        self.samples: deque[dict] = deque(maxlen=keep)
+
+    def add(self, **values: float | None) -> None:
+        self.samples.append({"t": time.time(), **values})
+
+    def since(self, seconds: float) -> list[dict]:
+        start = time.time() - seconds
+        return [s for s in self.samples if s["t"] >= start]
