@@ -63,6 +63,24 @@ def pinned_bundle() -> str:
     return _PINNED[0]
 
 
+def cli(*args: str, env: dict[str, str] | None = None) -> str:
+    """``imgstream ARGS`` in a subprocess; its stdout (fails the test on a non-zero exit)."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def train_bundle(dataset: Path, k: int, reduction: str = "pca", limit_per_class: int = 300) -> str:
+    """Train and publish a bundle on the quick bundle's subset (its features are cached, so this
+    takes seconds); returns its version."""
+    out = cli("models", "train", "--data", str(dataset), "--limit-per-class", str(limit_per_class), "--no-sweep",
+              "--reduction", reduction, "--k", str(k))
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("published "))
+
+
 class Worker:
     """A worker process (tools.process.Process) on a free port, with its HTTP helpers."""
 

@@ -1,5 +1,7 @@
 """The dashboard in a real browser (Debian's headless Chromium, driven by Playwright): upload an
-image through the page, wait for its three predictions to appear, keep a screenshot."""
+image through the page, wait for its three predictions to appear, the charts over time and the
+experiment view (the serving bundle and a shadow, with live accuracy from label feedback), keep a
+screenshot."""
 
 from __future__ import annotations
 
@@ -21,10 +23,41 @@ def chromium() -> str:
     return path
 
 
-def test_upload_through_the_page_shows_three_predictions(pipeline, chromium, sample_images, tmp_path):
+@pytest.fixture(scope="module")
+def experiment(stack, dataset, sample_images, tmp_path_factory):
+    """A worker serving the session's bundle with a k = 10 shadow, fed 60 labelled images."""
+    import asyncio
+    import uuid
+
+    from app.client import upload_labelled
+    from tests.workers import Worker, cli, isolated_env, pinned_bundle, train_bundle
+
+    serving = pinned_bundle()
+    shadow = train_bundle(dataset, 10)
+    env = isolated_env(uuid.uuid4().hex[:8], IMGSTREAM_BUNDLE_VERSION="latest", IMGSTREAM_REGISTRY_POLL_S="1")
+    cli("models", "promote", serving, env=env)
+    cli("models", "shadow", shadow, env=env)
+    logs = tmp_path_factory.mktemp("browser")
+    worker = Worker(env, log_dir=logs).start()
+    try:
+        worker.wait_healthy()
+        files = []
+        for i, (label, data) in enumerate(sample_images[:60]):
+            (logs / label).mkdir(exist_ok=True)
+            (logs / label / f"{i}.jpg").write_bytes(data)
+            files.append((logs / label / f"{i}.jpg", label))
+        results = asyncio.run(upload_labelled(worker.url, files, concurrency=8))
+        assert [status for *_, status, _ in results] == [202] * len(files)
+        yield worker, serving, shadow
+    finally:
+        worker.stop()
+
+
+def test_upload_through_the_page_shows_predictions_charts_and_experiments(experiment, chromium, sample_images,
+                                                                           tmp_path):
     from playwright.sync_api import sync_playwright
 
-    worker, _ = pipeline
+    worker, serving, shadow = experiment
     label, data = sample_images[77]
     image = tmp_path / f"{label}.jpg"
     image.write_bytes(data)
@@ -45,6 +78,17 @@ def test_upload_through_the_page_shows_three_predictions(pipeline, chromium, sam
             cells = {c: page.inner_text(f"{row} td.p-{c}") for c in ("fast", "balanced", "accurate")}
             page.wait_for_function("document.querySelector('#classifiers tbody').children.length === 3",
                                    timeout=10_000)
+            # the experiment view: the serving bundle and its shadow, each with live accuracy
+            for version, role in ((serving, "serving"), (shadow, "shadow")):
+                page.wait_for_function(
+                    f"""(() => {{ const r = document.querySelector('#experiments tr[data-version="{version}"]');
+                          return r && r.dataset.role === '{role}'
+                                 && r.querySelector('td.live-accuracy').textContent.includes('%'); }})()""",
+                    timeout=30_000)
+            page.wait_for_function("document.querySelectorAll('#charts .chart svg polyline').length >= 5",
+                                   timeout=30_000)
+            titles = page.eval_on_selector_all("#charts .chart h3", "els => els.map(e => e.textContent)")
+            page.wait_for_timeout(500)
             shot = OUTPUT / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             shutil.copy(shot, tmp_path / "dashboard.png")
@@ -52,4 +96,5 @@ def test_upload_through_the_page_shows_three_predictions(pipeline, chromium, sam
             browser.close()
     for name, text in cells.items():
         assert "%" in text and text.strip() != "…", (name, text)
+    assert len(titles) == 6 and any("accuracy" in t for t in titles) and any("Drift" in t for t in titles)
     assert shot.stat().st_size > 20_000

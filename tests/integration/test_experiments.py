@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,24 +17,11 @@ from PIL import Image, ImageFilter
 
 from app.client import upload_bytes, upload_labelled, wait_complete
 from models import data
-from tests.workers import REPO, Worker, isolated_env, pinned_bundle
+from tests.workers import Worker, cli, isolated_env, pinned_bundle, train_bundle
 
 pytestmark = pytest.mark.e2e
 
 TRAIN_LIMIT = 300  # the quick bundle's: its features are cached, so each bundle trains in seconds
-
-
-def _cli(*args: str, env: dict[str, str]) -> str:
-    res = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env={**os.environ, **env},
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res.stdout
-
-
-def _train(k: int, dataset: Path) -> str:
-    out = _cli("models", "train", "--data", str(dataset), "--limit-per-class", str(TRAIN_LIMIT), "--no-sweep",
-               "--reduction", "pca", "--k", str(k), env={})
-    return next(line.split()[1] for line in out.splitlines() if line.startswith("published "))
 
 
 def _held_out_images(dataset: Path, per_class: int) -> list[tuple[str, bytes]]:
@@ -71,11 +55,11 @@ async def _until(check, timeout: float, what: str):
 
 async def test_shadows_feedback_drift_and_promotion(stack, dataset, tmp_path):
     pinned_bundle()  # fix the other tests' bundle before this one publishes three more
-    versions = {k: _train(k, dataset) for k in (10, 20, 50)}
+    versions = {k: train_bundle(dataset, k, limit_per_class=TRAIN_LIMIT) for k in (10, 20, 50)}
     env = isolated_env(uuid.uuid4().hex[:8], IMGSTREAM_BUNDLE_VERSION="latest", IMGSTREAM_REGISTRY_POLL_S="1",
                        IMGSTREAM_DRIFT_WINDOW="300", IMGSTREAM_DRIFT_MIN_IMAGES="200")
-    _cli("models", "promote", versions[20], env=env)
-    _cli("models", "shadow", versions[10], versions[50], env=env)
+    cli("models", "promote", versions[20], env=env)
+    cli("models", "shadow", versions[10], versions[50], env=env)
     worker = Worker(env, log_dir=tmp_path).start()
     try:
         worker.wait_healthy()
@@ -137,7 +121,7 @@ async def test_shadows_feedback_drift_and_promotion(stack, dataset, tmp_path):
             await _until(gauge, 30, "imgstream_drift_psi_max above the alert level")
 
             # promotion: new images are answered by the promoted bundle, without a restart
-            _cli("models", "promote", versions[50], env=env)
+            cli("models", "promote", versions[50], env=env)
 
             async def promoted():
                 async with s.get(f"{worker.url}/health") as r:

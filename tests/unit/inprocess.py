@@ -117,6 +117,7 @@ class FakeDatabase:
         self.attempts: defaultdict[tuple, int] = defaultdict(int)
         self.uploads: dict[uuid.UUID, object] = {}
         self.resent: list[tuple] = []
+        self.feedback: dict[uuid.UUID, dict] = {}
         self.created_at = datetime.now(UTC)
 
     def _outage(self) -> None:
@@ -148,6 +149,15 @@ class FakeDatabase:
 
     async def ping(self) -> None:
         self._outage()
+
+    async def record_feedback(self, image_id, label: str):
+        self._outage()
+        if image_id not in self.uploads:
+            return None
+        old = self.feedback.get(image_id)
+        self.feedback[image_id] = {"image_id": image_id, "label": label, "received_at": datetime.now(UTC),
+                                   "updates": old["updates"] + 1 if old else 1}
+        return self.feedback[image_id]
 
     async def get_image(self, image_id):
         r = self.uploads.get(image_id)

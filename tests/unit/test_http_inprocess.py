@@ -121,3 +121,29 @@ async def test_liveness_answers_while_the_worker_is_still_starting(client):
     client.runtime.ready.clear()
     r = await asyncio.wait_for(client.get("/live"), 2)  # other routes wait up to 10 s, then 503
     assert r.status == 200
+
+
+async def test_feedback_is_validated_and_the_last_label_wins(client):
+    r = await client.post("/upload", data=image((10, 200, 10), salt="fb"), headers={"Content-Type": "image/png"})
+    image_id = (await r.json())["image_id"]
+    r = await client.post(f"/feedback/{image_id}", json={"label": "purple"})
+    body = await r.json()
+    assert r.status == 422 and body["error"]["code"] == "unknown_label" and "red, green, blue" in body["error"]["message"]
+    r = await client.post(f"/feedback/{uuid.uuid4()}", json={"label": "green"})
+    assert r.status == 404 and (await r.json())["error"]["code"] == "image_not_found"
+    r = await client.post("/feedback/not-a-uuid", json={"label": "green"})
+    assert r.status == 400
+    r = await client.post(f"/feedback/{image_id}", json={"colour": "green"})
+    assert r.status == 422 and (await r.json())["error"]["code"] == "invalid_feedback"
+    for label in ("red", "green"):
+        r = await client.post(f"/feedback/{image_id}", json={"label": label})
+        assert r.status == 200
+    body = await r.json()
+    assert body["label"] == "green" and body["updates"] == 2
+    assert client.runtime.db.feedback[uuid.UUID(image_id)]["label"] == "green"
+
+
+async def test_drift_reports_why_it_has_no_score_yet(client):
+    r = await client.get("/drift")
+    body = await r.json()
+    assert r.status == 200 and body["available"] is False and body["psi_max"] is None and body["reason"]
