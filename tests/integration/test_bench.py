@@ -45,6 +45,13 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
         assert row["imgstream"]["saturation"]["images"] == 48 and row["baseline"]["saturation"]["images"] == 48, name
         assert row["imgstream"]["open_loop"][0]["accepted"] == row["imgstream"]["open_loop"][0]["sent"], name
         assert row["limit"]["images_per_s"] > 0 and row["sync"]["images_per_s"] > 0, name
+    shadows = result["shadows"]
+    assert list(shadows["configs"]) == ["none", "one shadow (k = 10)", "two shadows (k = 10 and 50)"]
+    for (name, cfg), versions in zip(shadows["configs"].items(), ([], shadows["shadows"][:1], shadows["shadows"]),
+                                     strict=True):
+        # every image classified by the serving bundle and by each shadow, three rows each
+        assert cfg["rows"] == {v: 3 * 160 for v in [shadows["serving"], *versions]}, name
+    assert "## 13. Shadow bundles" in text
     assert photos["sizes"]["4032x3024"]["mean_bytes"] > 1_000_000
     assert "does not fit Kafka" in photos["sizes"]["4032x3024"]["before"]["skipped"]
     assert photos["sizes"]["640x480"]["before"]["images"] == 24

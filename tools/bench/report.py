@@ -218,6 +218,8 @@ def markdown(r: dict, png_name: str) -> str:
         lines += _loop_profile(im["event_loop_profile"])
     if "levers" in r:
         lines += _levers(r["levers"])
+    if "shadows" in r:
+        lines += _shadows(r["shadows"])
     if "photos" in r:
         lines += _photos(r["photos"])
     return "\n".join(lines)
@@ -265,6 +267,24 @@ def _photos(ph: dict) -> list[str]:
         if base:
             speed = row["imgstream"]["saturation"]["images_per_s"] / row["baseline"]["saturation"]["images_per_s"]
             lines[-1] += f" Throughput {_f(speed, '.2f')}x the baseline's (target >= 5x: {'met' if speed >= 5 else 'NOT met'})."
+    return lines + [""]
+
+
+def _shadows(sh: dict) -> list[str]:
+    configs = sh["configs"]
+    base = configs["none"]
+    lines = ["## 13. Shadow bundles: what one and two cost", "",
+             f"One worker with every role at saturation (closed loop, CIFAR images), serving `{sh['serving']}` with "
+             f"none, one and two shadow bundles (PCA, k = 10: `{sh['shadows'][0]}`; k = 50: `{sh['shadows'][1]}`) on "
+             "the same backbone: the backbone runs once per image, each shadow adds a reduction, a descriptor "
+             "message and three LightGBM predictions with their rows.", "",
+             "| configuration | images/s | ratio | worker CPU ms per image | whole system CPU ms per image | "
+             "prediction rows per image |", "|---|---|---|---|---|---|"]
+    for name, v in configs.items():
+        cpu = v["cpu"]
+        rows = sum(v["rows"].values()) / max(1, v["rows"].get(sh["serving"], 0) / 3)  # per image served
+        lines.append(f"| {name} | {_f(v['images_per_s'])} | {_f(v['images_per_s'] / base['images_per_s'], '.2f')} | "
+                     f"{_f(cpu['ms_per_image']['worker'])} | {_f(cpu['total_ms_per_image'])} | {_f(rows, '.0f')} |")
     return lines + [""]
 
 

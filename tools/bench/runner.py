@@ -384,6 +384,36 @@ class Bench:
             raise RuntimeError("ResNet50 pipeline faster than its own limit: the wrong bundle was loaded")
         return {"limit": lim, "pipeline": pipe, "bundle": bundle.version}
 
+    async def shadows(self, images: Images, path: Path) -> dict:
+        """The cost of shadow bundles: one worker at saturation with none, one (k = 10) and two
+        (k = 10 and 50, PCA) beside the serving bundle, all on its backbone, in a bucket of their
+        own (so they never become the 'latest' of the main bucket)."""
+        bucket = f"{self.settings.s3_bucket}-bench-shadows"
+        env = {"IMGSTREAM_S3_BUCKET": bucket}
+        _cli("models", "publish", str(path), env=env)
+        serving = Bundle.load(path, extractor=False).version
+        shadows = []
+        for k in (10, 50):
+            _cli("models", "train", "--data", str(self.source), "--limit-per-class", "300", "--no-sweep",
+                 "--reduction", "pca", "--k", str(k), env=env)
+            async with ObjectStore(Settings(s3_bucket=bucket)) as store:
+                shadows.append(await registry.resolve(store, "latest"))
+        env["IMGSTREAM_BUNDLE_VERSION"] = serving
+        out: dict = {"serving": serving, "shadows": shadows, "configs": {}}
+        for i, (name, names) in enumerate((("none", []), ("one shadow (k = 10)", shadows[:1]),
+                                           ("two shadows (k = 10 and 50)", shadows))):
+            proc, url = await self.worker(self.env(f"shadow{i}", **env, IMGSTREAM_SHADOW_BUNDLES=",".join(names)),
+                                          f"shadow{i}")
+            await _wait_metric(url, "imgstream_shadow_bundles", len(names))
+            await self.saturate(url, images.take(32))
+            sat = await self.saturate(url, images.take(self.n),
+                                      cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)})
+            rows = await _rows_by_version(self.dsn, sat["ids"])
+            out["configs"][name] = {"images_per_s": sat["images_per_s"], "cpu": sat["cpu"], "rows": rows}
+            self.log(f"   {name}: {sat['images_per_s']:.1f} images/s, rows per bundle {rows}")
+            self.stop_all()
+        return out
+
     async def photos(self, path: Path) -> dict:
         """Each photo size: the bare limit (the extractor's configuration), imgstream at saturation
         and at 10 % of it, the synchronous peer, the 'before' design where Kafka can carry the
@@ -483,6 +513,8 @@ class Bench:
                 self.result["resnet50_random"] = await self.resnet(images)
             self.log("11. levers: event loop and S3 client")
             self.result["levers"] = await self.levers(images)
+            self.log("13. shadow bundles")
+            self.result["shadows"] = await self.shadows(images, path)
             self.log("10. photos")
             self.result["photos"] = await self.photos(path)
             self.result["gpu"] = gpu_note()
@@ -549,6 +581,33 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def _wait_metric(url: str, name: str, value: float, timeout: float = 60) -> None:
+    """Until the worker's /metrics shows ``name`` at ``value`` (e.g. its shadow bundles loaded)."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            async with s.get(f"{url}/metrics") as r:
+                for line in (await r.text()).splitlines():
+                    if line.startswith(name + " ") and float(line.split()[1]) == value:
+                        return
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"{name} did not reach {value} within {timeout}s")
+
+
+async def _rows_by_version(dsn: str, ids: list[str]) -> dict[str, int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT model_version, count(*) AS n FROM predictions WHERE image_id = ANY($1::uuid[]) "
+                                "GROUP BY model_version", [uuid.UUID(i) for i in ids])
+    finally:
+        await conn.close()
+    return {r["model_version"]: r["n"] for r in rows}
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> None:
