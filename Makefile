@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md):
-#   make run    set up, start Kafka + PostgreSQL + S3, train/publish a model if none, run the worker
+#   make run    set up, start Kafka + PostgreSQL + S3, serve a quick model while the full one trains, run the worker
 #   make test   set up, start the services, make a quick model, run every test
 SHELL := /bin/bash
 VENV := .venv/bin
@@ -33,8 +33,10 @@ quick-bundle: up
 	$(TEST_ENV) imgstream stack up
 	$(TEST_ENV) imgstream models train --data $(DATA) --limit-per-class 300 --no-sweep
 
-run: bundle
-	imgstream worker
+# Serves a quick model first where no full one is published yet (the full one trains in the
+# background and is promoted without a restart): scripts/run.sh.
+run: up
+	DATA=$(DATA) ./scripts/run.sh
 
 test: up quick-bundle
 	$(TEST_ENV) $(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
