@@ -38,6 +38,8 @@ quick-bundle: up
 run: up
 	DATA=$(DATA) ./scripts/run.sh
 
+# The tests check docker-compose.yml with `docker compose config`: bootstrap builds the plugin.
+test: export IMGSTREAM_COMPOSE_CHECK := 1
 test: up quick-bundle
 	$(TEST_ENV) $(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
