@@ -38,8 +38,8 @@ quick-bundle: up
 run: up
 	DATA=$(DATA) ./scripts/run.sh
 
-# The tests check docker-compose.yml with `docker compose config`: bootstrap builds the plugin.
-test: export IMGSTREAM_COMPOSE_CHECK := 1
+# What only the tests use (Chromium, Prometheus, the docker compose plugin): bootstrap installs it.
+test: export IMGSTREAM_TEST_TOOLS := 1
 test: up quick-bundle
 	$(TEST_ENV) $(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 

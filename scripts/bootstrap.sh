@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what imgstream needs on a fresh Debian machine, idempotently:
-#   system packages (JDK, Maven, PostgreSQL, Chromium for the dashboard test) when missing,
+#   system packages (JDK, Maven, PostgreSQL; with IMGSTREAM_TEST_TOOLS=1 also Prometheus and
+#   Chromium for the tests) when missing,
 #   the Python virtualenv .venv with imgstream and its test, train and bench extras.
 # Big downloads are cached outside the clone (~/.cache/imgstream, ~/.m2, ~/.cache/pip), but
 # nothing here depends on a cache being present.
@@ -11,9 +12,13 @@ need_apt=()
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
-command -v prometheus >/dev/null || need_apt+=(prometheus)
-if [[ "${IMGSTREAM_BROWSER_TESTS:-1}" == 1 ]]; then
-  command -v chromium >/dev/null || need_apt+=(chromium)
+# What only the tests use (`make test` sets IMGSTREAM_TEST_TOOLS): Prometheus (its scrape test and
+# promtool for the alert rules), Chromium (the dashboard test), the docker compose plugin below.
+if [[ "${IMGSTREAM_TEST_TOOLS:-0}" == 1 ]]; then
+  command -v prometheus >/dev/null || need_apt+=(prometheus)
+  if [[ "${IMGSTREAM_BROWSER_TESTS:-1}" == 1 ]]; then
+    command -v chromium >/dev/null || need_apt+=(chromium)
+  fi
 fi
 if ((${#need_apt[@]})); then
   echo "bootstrap: apt-get install ${need_apt[*]}"
@@ -27,10 +32,10 @@ if ! command -v go >/dev/null && [[ ! -x /usr/local/go/bin/go ]]; then
 fi
 export PATH="$PATH:/usr/local/go/bin"
 
-# `docker compose config` checks docker-compose.yml (a test: `make test` sets IMGSTREAM_COMPOSE_CHECK);
-# where the docker client lacks the compose plugin, build it from the Go module proxy once
-# (cached). `make run` does not need it and does not wait the ~2 min it takes.
-if [[ "${IMGSTREAM_COMPOSE_CHECK:-0}" == 1 ]] && command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1; then
+# `docker compose config` checks docker-compose.yml (a test); where the docker client lacks the
+# compose plugin, build it from the Go module proxy once (cached). `make run` does not need it
+# and does not wait the ~2 min it takes.
+if [[ "${IMGSTREAM_TEST_TOOLS:-0}" == 1 ]] && command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1; then
   plugin="$HOME/.cache/imgstream/bin/docker-compose"
   if [[ ! -x $plugin ]]; then
     echo "bootstrap: building the docker compose plugin (go install, ~3 min, cached)"
