@@ -17,7 +17,7 @@ import faust
 import numpy as np
 
 from agents import dead_letter
-from agents.policy import retry_outages, run_batch
+from agents.policy import handle_batches, retry_outages, run_batch
 from app.errors import ModelError, Unprocessable
 from app.messages import Trace, decode_descriptors
 from app.metrics import BATCH_SIZE, COMPUTE_SECONDS, END_TO_END, MESSAGES, PREDICT_SECONDS, QUEUE_SECONDS
@@ -119,12 +119,13 @@ def _register_one(app: faust.App, runtime: Runtime, name: str, settings) -> None
     async def classify(stream):
         await runtime.ready.wait()
         await runtime.wait_bundle()
-        async for events in stream.take_events(settings.classify_batch_size, within=settings.classify_batch_within):
-            # agents/policy.py: outages retried without limit, a message that always fails isolated
-            # and dead-lettered (rows are idempotent, so re-running a batch is safe).
-            await run_batch(events, lambda batch: process_batch(runtime, name, batch), stage=stage,
-                            on_poison=lambda event, exc: dead_letter.send_poison(runtime, stage, event, exc),
-                            attempts=settings.poison_attempts)
+        # agents/policy.py: outages retried without limit, a message that always fails isolated
+        # and dead-lettered, a batch acked once handled (rows are idempotent, so re-running a
+        # batch is safe).
+        await handle_batches(stream, settings.classify_batch_size, settings.classify_batch_within, lambda events: run_batch(
+            events, lambda batch: process_batch(runtime, name, batch), stage=stage,
+            on_poison=lambda event, exc: dead_letter.send_poison(runtime, stage, event, exc),
+            attempts=settings.poison_attempts))
 
     classify.__name__ = classify.__qualname__ = f"classifier_{name}"
     app.agent(runtime.topics.features, name=f"classifier-{name}")(classify)

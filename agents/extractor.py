@@ -1,6 +1,6 @@
 """images-input-stream -> image-features-stream.
 
-Per micro-batch (``stream.take_events(n, within=t)``): parse the upload events, answer repeats
+Per micro-batch (``noack_take(n, within=t)``, acked once handled): parse the upload events, answer repeats
 of the same bytes from the descriptor table, fetch the other objects from S3 concurrently,
 decode them off the event loop, run the backbone once for the whole batch, reduce to k
 descriptors, remember them in the table, and publish one compact message per image. An image
@@ -18,7 +18,7 @@ import faust
 import numpy as np
 
 from agents import dead_letter
-from agents.policy import retry_outages, run_batch
+from agents.policy import handle_batches, retry_outages, run_batch
 from app.errors import ImgstreamError, NotFound, Unprocessable
 from app.messages import ImageUploaded, Trace, encode_descriptors
 from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
@@ -195,13 +195,13 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
     async def extractor(stream):
         await runtime.ready.wait()
         await runtime.wait_bundle()
-        async for events in stream.take_events(settings.extract_batch_size, within=settings.extract_batch_within):
-            # agents/policy.py: outages retried without limit, a message that always fails isolated
-            # and dead-lettered. Re-running a batch is safe (table writes and descriptor messages
-            # are idempotent downstream).
-            await run_batch(events, lambda batch: process_batch(runtime, table, batch), stage=STAGE,
-                            on_poison=lambda event, exc: dead_letter.send_poison(runtime, STAGE, event, exc),
-                            attempts=settings.poison_attempts)
+        # agents/policy.py: outages retried without limit, a message that always fails isolated
+        # and dead-lettered, a batch acked once handled. Re-running a batch is safe (table writes
+        # and descriptor messages are idempotent downstream).
+        await handle_batches(stream, settings.extract_batch_size, settings.extract_batch_within, lambda events: run_batch(
+            events, lambda batch: process_batch(runtime, table, batch), stage=STAGE,
+            on_poison=lambda event, exc: dead_letter.send_poison(runtime, STAGE, event, exc),
+            attempts=settings.poison_attempts))
 
     if settings.descriptor_ttl_s:
         @app.timer(settings.descriptor_expiry_interval_s, name="descriptor-expiry")

@@ -42,6 +42,21 @@ async def retry_outages(what: str, coro_fn: Callable[[], Awaitable[T]], *, stage
         await backoff.wait()
 
 
+async def handle_batches(stream, size: int, within: float, handle: Callable[[list], Awaitable[object]]) -> None:
+    """An agent's loop: micro-batches of up to ``size`` events (waiting at most ``within``
+    seconds), each acked only after ``handle(events)`` returned.
+
+    Faust's ``Stream.take_events`` acks a batch in a ``finally`` clause, and ``Stream.on_stop``
+    closes the generator of an agent that is still handling its batch: the batch was acked
+    unprocessed and the stop's commit skipped it (one image in 400 in a rolling-upgrade chaos
+    run, with the batch waiting out an outage). ``noack_take`` leaves acking to the caller, so a
+    batch cut short, however the stop reaches it, stays unacked and its next owner processes it."""
+    async for events in stream.noack_take(size, within=within):
+        await handle(events)
+        for event in events:
+            await stream.ack(event)
+
+
 async def run_batch(events: Sequence[E], process: Callable[[list[E]], Awaitable[object]], *, stage: str,
                     on_poison: Callable[[E, BaseException], Awaitable[None]], attempts: int,
                     base: float = 0.5, cap: float = 10.0) -> None:

@@ -27,8 +27,10 @@ makes someone read the new code instead of patching it blindly.
    aiokafka a view of the same live set that is never empty to its truth test, so a paused
    partition is never drained.
 
-3. A batch cut short by a stop is acked (``Stream.take_events``, faust/streams.py): see
-   ``redeliver_if_cancelled``, which ``agents.policy.run_batch`` wraps around every batch.
+3. A batch cut short by a stop is acked (``Stream.take_events``, faust/streams.py): the batch
+   agents read with ``noack_take`` and ack a batch once handled (``agents.policy.handle_batches``);
+   ``redeliver_if_cancelled`` guards what still rides on Faust's own acks (``run_batch``, the
+   dead-letter agent's per-event stream).
 """
 
 from __future__ import annotations
