@@ -309,7 +309,7 @@ def _loop_profile(p: dict) -> list[str]:
              f"py-spy sampled the worker at 100 samples/s for the {_f(p['seconds'])} s of a second saturation pass "
              "after the measured one (the profiler's own CPU would otherwise come out of the measured throughput"
              + (f": {_f(p['images_per_s_under_py_spy'])} images/s under py-spy" if "images_per_s_under_py_spy" in p else "")
-             + "). The event-loop thread (the main thread) was busy **{_f(100 * p['event_loop_busy'], '.0f')} %** "
+             + f"). The event-loop thread (the main thread) was busy **{_f(100 * p['event_loop_busy'], '.0f')} %** "
              "of the time (idle samples, waiting in epoll, are not counted); the busiest other threads (ONNX, decode, "
              "predict pools): " + ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"]) + ".", "",
              "| top frames of the event-loop thread, own time | share of the phase |", "|---|---|"]
