@@ -165,21 +165,29 @@ def upload(
     concurrency: int = typer.Option(8, help="uploads in flight"),
 ) -> None:
     """Upload images concurrently with a progress bar; prints one image id per file."""
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file()]
+    _upload_files(url, files, concurrency, "upload")
+
+
+def _upload_files(url: str | None, files: list[Path], concurrency: int, title: str,
+                  labels: list[str] | None = None) -> None:
+    """Upload (and with ``labels`` label) ``files`` with a progress bar; prints image id (label)
+    and file per accepted image, exits 1 if any was refused."""
     import asyncio
 
     from app.client import upload_many
 
-    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file()]
-    base = url or f"http://{get_settings().web_host}:{get_settings().web_port}"
-    token = get_settings().api_token
+    settings = get_settings()
+    base = url or f"http://{settings.web_host}:{settings.web_port}"
+    token = settings.api_token
     with _progress() as progress:
-        advance = _task_factory(progress, "upload")(len(files))
+        advance = _task_factory(progress, title)(len(files))
         results = asyncio.run(upload_many(base, files, concurrency, advance,
-                                          token.get_secret_value() if token else None))
+                                          token.get_secret_value() if token else None, labels))
     failed = 0
-    for path, status, body in results:
+    for (path, status, body), label in zip(results, labels or [None] * len(files), strict=True):
         if status == 202:
-            print(f"{body['image_id']}\t{path}")
+            print("\t".join([body["image_id"], *([label] if label else []), str(path)]))
         else:
             failed += 1
             Console(stderr=True).print(f"[red]{path}[/]: {status} {body.get('error', body)}")
@@ -194,10 +202,6 @@ def feedback(
 ) -> None:
     """Upload a labelled folder and send each image's label (POST /feedback): the live accuracy of
     the serving bundle and its shadows. Prints image id, label and file per image."""
-    import asyncio
-
-    from app.client import upload_labelled
-
     if not folder.is_dir():
         console.print(f"[red]{folder} is not a folder[/]")
         raise typer.Exit(2)
@@ -205,20 +209,7 @@ def feedback(
     if not files:
         console.print(f"[red]no images under {folder}/<label>/[/]")
         raise typer.Exit(2)
-    base = url or f"http://{get_settings().web_host}:{get_settings().web_port}"
-    token = get_settings().api_token
-    with _progress() as progress:
-        advance = _task_factory(progress, "upload + label")(len(files))
-        results = asyncio.run(upload_labelled(base, files, concurrency, advance,
-                                              token.get_secret_value() if token else None))
-    failed = 0
-    for path, label, status, body in results:
-        if status == 202:
-            print(f"{body['image_id']}\t{label}\t{path}")
-        else:
-            failed += 1
-            Console(stderr=True).print(f"[red]{path}[/]: {status} {body.get('error', body)}")
-    raise typer.Exit(1 if failed else 0)
+    _upload_files(url, [p for p, _ in files], concurrency, "upload + label", [label for _, label in files])
 
 
 @cli.command("predictions")

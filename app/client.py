@@ -18,25 +18,6 @@ async def upload_bytes(session: aiohttp.ClientSession, base: str, data: bytes, c
         return r.status, await r.json(content_type=None)
 
 
-async def upload_many(base: str, files: list[Path], concurrency: int = 8, advance=None,
-                      token: str | None = None) -> list[tuple[Path, int, dict]]:
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(session, path: Path):
-        async with sem:
-            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            try:
-                status, body = await upload_bytes(session, base, path.read_bytes(), ctype, token)
-            except aiohttp.ClientError as exc:
-                status, body = 0, {"error": str(exc)}
-            if advance:
-                advance(1)
-            return path, status, body
-
-    async with aiohttp.ClientSession() as session:
-        return await asyncio.gather(*(one(session, f) for f in files))
-
-
 async def send_feedback(session: aiohttp.ClientSession, base: str, image_id: str, label: str,
                         token: str | None = None) -> tuple[int, dict]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -44,18 +25,19 @@ async def send_feedback(session: aiohttp.ClientSession, base: str, image_id: str
         return r.status, await r.json(content_type=None)
 
 
-async def upload_labelled(base: str, files: list[tuple[Path, str]], concurrency: int = 8, advance=None,
-                          token: str | None = None) -> list[tuple[Path, str, int, dict]]:
-    """Upload each file and send its label as feedback; (path, label, status, body) per file, where
-    status is the upload's unless the upload was accepted and the feedback was not."""
+async def upload_many(base: str, files: list[Path], concurrency: int = 8, advance=None,
+                      token: str | None = None, labels: list[str] | None = None) -> list[tuple[Path, int, dict]]:
+    """Upload ``files``; with ``labels`` (one per file) send each accepted image's label as
+    feedback too. (path, status, body) per file, where status is the upload's unless the upload
+    was accepted and its feedback was not."""
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(session, path: Path, label: str):
+    async def one(session, path: Path, label: str | None):
         async with sem:
             ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             try:
                 status, body = await upload_bytes(session, base, path.read_bytes(), ctype, token)
-                if status == 202:
+                if status == 202 and label is not None:
                     fb_status, fb = await send_feedback(session, base, body["image_id"], label, token)
                     if fb_status != 200:
                         status, body = fb_status, fb
@@ -63,10 +45,19 @@ async def upload_labelled(base: str, files: list[tuple[Path, str]], concurrency:
                 status, body = 0, {"error": str(exc)}
             if advance:
                 advance(1)
-            return path, label, status, body
+            return path, status, body
 
     async with aiohttp.ClientSession() as session:
-        return await asyncio.gather(*(one(session, f, label) for f, label in files))
+        return await asyncio.gather(*(one(session, f, label)
+                                      for f, label in zip(files, labels or [None] * len(files), strict=True)))
+
+
+async def upload_labelled(base: str, files: list[tuple[Path, str]], concurrency: int = 8, advance=None,
+                          token: str | None = None) -> list[tuple[Path, str, int, dict]]:
+    """``upload_many`` of (path, label) pairs: (path, label, status, body) per file."""
+    labels = [label for _, label in files]
+    results = await upload_many(base, [p for p, _ in files], concurrency, advance, token, labels)
+    return [(path, label, status, body) for (path, status, body), label in zip(results, labels, strict=True)]
 
 
 class NotComplete(TimeoutError):

@@ -311,7 +311,9 @@ class DataPlane:
         return self._manifest_cache[1]
 
     async def experiments(self, window_s: float) -> Experiments:
-        serving, shadows = await self.rt.target()
+        if self.rt.deployed is None:
+            raise ModelError(self.rt.bundle_error)
+        serving, shadows = self.rt.deployed  # as last read from the registry (no S3 call per request)
         activity = await self.rt.db.bundle_activity(window_s, self.settings.deployment)
         accuracy = {(r["model_version"], r["classifier"]): r for r in await self.rt.db.live_accuracy(window_s, self.settings.deployment)}
         manifests = await self._manifests()
@@ -351,7 +353,7 @@ class DataPlane:
             reason = ("the serving bundle carries no training statistics (trained before they were kept)"
                       if monitor.version is not None and monitor.reference is None
                       else f"fewer than {monitor.minimum} images in the window yet")
-            return Drift(False, reason, monitor.version, len(monitor._rows), None, [], DRIFT_ALERT)
+            return Drift(False, reason, monitor.version, monitor.images, None, [], DRIFT_ALERT)
         return Drift(True, None, score["bundle"], score["images"], score["psi_max"], score["psi"], score["alert"])
 
     async def timeseries(self, window_s: float, step_s: float) -> Timeseries:

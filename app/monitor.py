@@ -22,6 +22,10 @@ class DriftMonitor:
         self.reference: dict | None = None
         self._rows: deque[np.ndarray] = deque(maxlen=size)
 
+    @property
+    def images(self) -> int:
+        return len(self._rows)
+
     def add(self, bundle, descriptors: np.ndarray) -> None:
         if bundle.version != self.version:
             self.version, self.reference = bundle.version, bundle.manifest.get("descriptor_stats")
@@ -32,10 +36,10 @@ class DriftMonitor:
     def score(self) -> dict | None:
         """{bundle, images, psi (per descriptor), psi_max, alert}; None until there is enough (or
         when the bundle carries no training statistics: bundles made before they were kept)."""
-        if self.reference is None or len(self._rows) < self.minimum:
+        if self.reference is None or self.images < self.minimum:
             return None
         values = drift.psi(self.reference, np.stack(self._rows))
-        return {"bundle": self.version, "images": len(self._rows), "psi": [round(float(v), 4) for v in values],
+        return {"bundle": self.version, "images": self.images, "psi": [round(float(v), 4) for v in values],
                 "psi_max": round(float(values.max()), 4), "alert": drift.ALERT}
 
 

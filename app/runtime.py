@@ -82,6 +82,8 @@ class Runtime:
         self._bundle: Bundle | None = None
         self._other_bundles: dict[str, Bundle] = {}
         self._shadows: tuple[Bundle, ...] = ()
+        # (serving, shadow versions) as last read from the settings and the registry
+        self.deployed: tuple[str, tuple[str, ...]] | None = None
         self.drift = DriftMonitor(settings.drift_window, settings.drift_min_images)
         self.history = History()
         self.bundle_error = "model bundle not loaded yet"
@@ -147,7 +149,7 @@ class Runtime:
         """Shadow bundles this worker's extractor runs beside the serving one (same backbone)."""
         return self._shadows
 
-    async def target(self) -> tuple[str, tuple[str, ...]]:
+    async def _target(self) -> tuple[str, tuple[str, ...]]:
         """(serving version, shadow versions) this worker should run now: see
         ``Settings.bundle_version`` and ``Settings.shadow_bundles``. Publishing a bundle never
         changes what a running worker serves; promoting one does."""
@@ -203,7 +205,9 @@ class Runtime:
         backoff = Backoff(1.0, 15.0)
         while True:
             try:
-                await self._apply(*await self.target())
+                target = await self._target()
+                await self._apply(*target)
+                self.deployed = target
                 backoff.reset()
                 await asyncio.sleep(self.settings.registry_poll_s)
             except asyncio.CancelledError:
