@@ -9,7 +9,10 @@ raises ``ModelError`` (503) until one is loaded.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +32,25 @@ from app.storage.objectstore import ObjectStore
 from models.bundle import Bundle
 
 log = logging.getLogger("imgstream.runtime")
+
+_PR_SET_NAME = 15
+
+
+def name_os_thread() -> None:
+    """A ``ThreadPoolExecutor`` initializer: the thread's Python name at the OS level too, where
+    ``/proc/<pid>/task/<tid>/comm``, top and py-spy see it. Threads it starts inherit the name
+    (onnxruntime's intra-op threads among them), so the CPU of the backbone's threads (onnx*,
+    decode*) can be told apart from the event loop's. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, threading.current_thread().name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def named_pool(workers: int, prefix: str) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix=prefix, initializer=name_os_thread)
 
 
 class Topics:
@@ -89,9 +111,9 @@ class Runtime:
         self.bundle_error = "model bundle not loaded yet"
         # One thread per side-by-side ONNX call of a batch (IMGSTREAM_ONNX_PARALLEL), each with
         # settings.worker_ort_threads intra-op threads; decoding and LightGBM get their own threads.
-        self.onnx_pool = ThreadPoolExecutor(settings.onnx_parallel, thread_name_prefix="onnx")
-        self.decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
-        self.predict_pool = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self.onnx_pool = named_pool(settings.onnx_parallel, "onnx")
+        self.decode_pool = named_pool(2, "decode")
+        self.predict_pool = named_pool(1, "predict")
         self._tasks: list[asyncio.Task] = []
         self.unrecorded: deque[UploadRecord] = deque()
         self._recorder: asyncio.Task | None = None
@@ -166,10 +188,15 @@ class Runtime:
 
     async def _load(self, version: str, extractor: bool) -> Bundle:
         path = await registry.fetch(self.store, version, self.settings.bundles_dir)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: Bundle.load(path, extractor=extractor, threads=self.settings.worker_ort_threads,
-                                      providers=list(self.settings.onnx_providers),
-                                      wide_threads=self.settings.worker_wide_threads))
+        # loaded on a thread named like the ONNX pool: the sessions' own intra-op threads inherit it
+        loader = named_pool(1, "onnx-load")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                loader, lambda: Bundle.load(path, extractor=extractor, threads=self.settings.worker_ort_threads,
+                                            providers=list(self.settings.onnx_providers),
+                                            wide_threads=self.settings.worker_wide_threads))
+        finally:
+            loader.shutdown(wait=False)
 
     async def _apply(self, serving: str, shadows: tuple[str, ...]) -> None:
         """Load what changed and swap it in; a batch in flight keeps the bundles it started with."""

@@ -344,3 +344,70 @@ async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours):
             await asyncio.sleep(0.01)
     assert len(seen) == 1
     assert seen[0].message.acked is (not ours)
+
+
+# --- fix 4: an idle micro-batch does not poll ------------------------------------------------------
+
+async def _take(patched_take: bool, puts: list[float], size: int = 4, within: float = 0.002,
+                idle: float = 0.3) -> tuple[int, list[list[bytes]]]:
+    """A real Faust agent reading with ``noack_take``: idle for ``idle`` seconds, then one event
+    after each delay in ``puts``. Returns how often the loop waited (``Stream.wait_for_stopped``)
+    during the idle time and the batches it yielded."""
+    from faust.streams import Stream
+
+    (faust_patches.apply if patched_take else faust_patches.restore)()
+    app = faust.App(f"take-{patched_take}-{len(puts)}", store="memory://", autodiscover=False,
+                    value_serializer="raw", web_enabled=False)
+    batches: list[list[bytes]] = []
+    waits = 0
+    original = Stream.wait_for_stopped
+
+    async def counting(self, *args, **kwargs):
+        nonlocal waits
+        waits += 1
+        return await original(self, *args, **kwargs)
+
+    @app.agent(app.topic("input", value_serializer="raw"))
+    async def agent(stream):
+        async for events in stream.noack_take(size, within=within):
+            batches.append([e.value for e in events])
+            for event in events:
+                await stream.ack(event)
+
+    Stream.wait_for_stopped = counting
+    try:
+        async with agent.test_context() as a:
+            await asyncio.sleep(idle)
+            idle_waits = waits
+            for i, delay in enumerate(puts):
+                await asyncio.sleep(delay)
+                await a.put(str(i).encode(), wait=False)
+            for _ in range(100):
+                if sum(map(len, batches)) == len(puts):
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        Stream.wait_for_stopped = original
+        faust_patches.restore()
+    return idle_waits, batches
+
+
+async def test_an_idle_batch_loop_waits_without_polling():
+    idle_waits, batches = await _take(True, [0.0])
+    assert idle_waits <= 2  # the first wait for an event, not one per ``within``
+    assert batches == [[b"0"]]
+
+
+async def test_unpatched_idle_batch_loop_polls_every_within():
+    idle_waits, _ = await _take(False, [0.0])
+    assert idle_waits > 30  # 0.3 s at within = 2 ms: ~150 in theory, fewer on a busy machine
+
+
+async def test_batches_still_fill_and_close_on_time():
+    # ten events at once: full batches of four, then the rest once ``within`` has passed
+    _, burst = await _take(True, [0.0] * 10, within=0.05, idle=0.05)
+    assert [len(b) for b in burst] == [4, 4, 2]
+    assert [v for b in burst for v in b] == [str(i).encode() for i in range(10)]
+    # events further apart than ``within``: each closes its own batch
+    _, spaced = await _take(True, [0.05, 0.05, 0.05], within=0.01, idle=0.05)
+    assert [len(b) for b in spaced] == [1, 1, 1]

@@ -44,20 +44,54 @@ def local_service_pids(settings: Settings) -> dict[str, int]:
     return out
 
 
+# A worker's threads by role, from the OS thread names its pools set (app/runtime.name_os_thread);
+# onnxruntime's intra-op threads inherit their creator's name.
+BACKBONE = "backbone (onnx*, decode* threads)"
+THREAD_GROUPS = ((BACKBONE, ("onnx", "decode")), ("LightGBM (predict* threads)", ("predict",)))
+EVENT_LOOP, OTHER_THREADS = "event loop (main thread)", "other threads"
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of one process's live threads, grouped by role (Linux /proc; {} elsewhere)."""
+    out = dict.fromkeys([EVENT_LOOP, *(g for g, _ in THREAD_GROUPS), OTHER_THREADS], 0.0)
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                comm, _, rest = f.read().partition("(")[2].rpartition(")")
+        except OSError:
+            continue
+        fields = rest.split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if int(tid) == pid:
+            group = EVENT_LOOP
+        else:
+            group = next((g for g, prefixes in THREAD_GROUPS if comm.startswith(prefixes)), OTHER_THREADS)
+        out[group] += seconds
+    return out
+
+
 class CpuMeter:
     """``start()`` then ``stop(images)`` -> {part: CPU ms per image}, the share of the cores these
-    parts used, and how busy the whole machine was."""
+    parts used, how busy the whole machine was, and the worker's CPU by thread role."""
 
-    def __init__(self, parts: dict[str, int]) -> None:
+    def __init__(self, parts: dict[str, int], threads_of: str = "worker") -> None:
         self.parts = dict(parts)
         self.me = "load generator (bench process)"  # without its children: the workers it started
+        self.threads_of = threads_of
         self._before: dict[str, float] = {}
+        self._threads: dict[str, float] = {}
         self._wall = 0.0
 
     def start(self) -> None:
         self._wall = time.perf_counter()
         self._before = self._read()
         self._machine = psutil.cpu_times()
+        self._threads = thread_cpu(self.parts[self.threads_of]) if self.threads_of in self.parts else {}
 
     def _read(self) -> dict[str, float]:
         return {**{k: _cpu_seconds(pid) for k, pid in self.parts.items()}, self.me: _cpu_seconds(os.getpid(), False)}
@@ -67,7 +101,12 @@ class CpuMeter:
         used = {k: max(0.0, v - self._before[k]) for k, v in self._read().items()}
         total = sum(used.values())
         cores = os.cpu_count() or 1
+        threads = {}
+        if self._threads:  # threads that ended during the phase are missing from both reads
+            after = thread_cpu(self.parts[self.threads_of])
+            threads = {k: 1000 * max(0.0, after.get(k, 0.0) - v) / max(images, 1) for k, v in self._threads.items()}
         return {"ms_per_image": {k: 1000 * v / max(images, 1) for k, v in used.items()},
+                "threads_ms_per_image": threads,
                 "total_ms_per_image": 1000 * total / max(images, 1),
                 "utilisation": total / (wall * cores) if wall > 0 else float("nan"),
                 "machine_busy": _busy_share(self._machine, psutil.cpu_times()), "cores": cores}

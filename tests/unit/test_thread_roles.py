@@ -1,0 +1,53 @@
+"""The worker's pool threads carry their names to the OS, and the bench's CPU meter groups a
+process's threads by those names: the backbone's CPU apart from the event loop's."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from app.runtime import named_pool
+from tools.bench.cpu import BACKBONE, EVENT_LOOP, OTHER_THREADS, thread_cpu
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux /proc")
+
+
+def _comm() -> str:
+    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
+        return f.read().strip()
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_pool_threads_carry_their_names_to_the_os():
+    with named_pool(1, "onnx") as pool:
+        assert pool.submit(_comm).result() == "onnx_0"
+    # a thread started from a named one inherits the name (onnxruntime's intra-op threads do)
+    with named_pool(1, "decode") as pool:
+        def child() -> str:
+            out: list[str] = []
+            t = threading.Thread(target=lambda: out.append(_comm()))
+            t.start()
+            t.join()
+            return out[0]
+        assert pool.submit(child).result() == "decode_0"
+
+
+def test_thread_cpu_counts_the_backbone_apart():
+    import os
+
+    with named_pool(1, "onnx") as pool:
+        pool.submit(lambda: None).result()  # the thread exists before the first read
+        before = thread_cpu(os.getpid())
+        pool.submit(_spin, 0.3).result()
+        after = thread_cpu(os.getpid())
+    spent = {k: after[k] - before[k] for k in before}
+    assert spent[BACKBONE] >= 0.2
+    assert spent[EVENT_LOOP] < 0.2 and spent[OTHER_THREADS] < 0.2
