@@ -1,6 +1,7 @@
 """images-input-stream -> image-features-stream.
 
-Per micro-batch (``noack_take(n, within=t)``, acked once handled): parse the upload events, answer repeats
+Per micro-batch (``noack_take(n, within=t)``, acked once handled, in order, with up to
+IMGSTREAM_EXTRACT_PIPELINE_DEPTH batches in flight): parse the upload events, answer repeats
 of the same bytes from the descriptor table, fetch the other objects from S3 concurrently,
 decode them off the event loop, run the backbone once for the whole batch, reduce to k
 descriptors, remember them in the table, and publish one compact message per image. An image
@@ -114,12 +115,55 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
                 continue
         todo.append(item)
 
+    # ... and an earlier batch still in flight (IMGSTREAM_EXTRACT_PIPELINE_DEPTH) that extracts
+    #    the same bytes with the same bundle answers them once it has the descriptors. Claimed
+    #    right after the look-ups, with no await in between, so a batch started later sees them.
+    claims = runtime.extracting
+    mine: dict[tuple[str, str], asyncio.Future] = {}
+    joined: list[tuple[Item, asyncio.Future]] = []
+    own: list[Item] = []
+    for item in todo:
+        key = (item.msg.sha256, version)
+        if key not in mine and key in claims:
+            joined.append((item, claims[key]))
+            continue
+        if key not in mine:
+            mine[key] = claims[key] = asyncio.get_running_loop().create_future()
+        own.append(item)
+    try:
+        return await _extract_and_publish(runtime, table, bundle, shadows, items, own, joined, mine, now, counts)
+    finally:
+        for key, fut in mine.items():
+            if claims.get(key) is fut:
+                del claims[key]
+            if not fut.done():  # this batch failed or stopped: whoever joined extracts for itself
+                fut.cancel()
+
+
+async def _join(runtime: Runtime, item: Item, claim: asyncio.Future, sem: asyncio.Semaphore) -> None:
+    """The descriptors an earlier batch in flight extracts for the same bytes; where that batch
+    fails or stops first, the item is fetched and decoded to be extracted here."""
+    try:
+        item.descriptors = await asyncio.shield(claim)
+        item.cached = True
+        return
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise
+    await fetch_and_decode(runtime, item, sem)
+
+
+async def _extract_and_publish(runtime: Runtime, table, bundle, shadows, items: list[Item], todo: list[Item],
+                               joined: list[tuple[Item, asyncio.Future]], mine: dict, now: float,
+                               counts: dict[str, int]) -> dict[str, int]:
+    version = bundle.version
     # 2. fetch + decode concurrently (each item its own object); refuse what cannot be decoded
     started = time.perf_counter()
     sem = asyncio.Semaphore(runtime.settings.fetch_concurrency)
-    results = await asyncio.gather(*(fetch_and_decode(runtime, it, sem) for it in todo), return_exceptions=True)
+    results = await asyncio.gather(*(fetch_and_decode(runtime, it, sem) for it in todo),
+                                   *(_join(runtime, it, claim, sem) for it, claim in joined), return_exceptions=True)
     first_of: dict[str, Item] = {}
-    for item, res in zip(todo, results, strict=True):
+    for item, res in zip([*todo, *(it for it, _ in joined)], results, strict=True):
         if isinstance(res, BaseException):
             if isinstance(res, NotFound):
                 res = Unprocessable(f"object {item.msg.object_key} is gone", code="object_missing")
@@ -130,6 +174,8 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
                                    uploaded_at=item.msg.uploaded_at)
             counts["dead_lettered"] += 1
             item.dead = True
+        elif item.descriptors is not None:  # answered by an earlier batch in flight
+            CACHE.labels("hit").inc()
         elif item.msg.sha256 in first_of:  # the same bytes twice in one batch: extract once
             item.cached, item.pixels = True, None
             CACHE.labels("hit").inc()
@@ -154,6 +200,9 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
             with table_codec.event_context(it.event):
                 table[it.msg.sha256] = table_codec.pack(version, d, UUID(it.msg.image_id),
                                                         partition=it.event.message.partition, written_at=now)
+            claim = mine.get((it.msg.sha256, version))
+            if claim is not None and not claim.done():
+                claim.set_result(d)
     finished = time.time()
     COMPUTE_SECONDS.labels(STAGE, version).observe(time.perf_counter() - started)
 
@@ -190,7 +239,8 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
 
     # One actor on purpose: with agent concurrency > 1 Faust 0.15 may commit an offset past a batch
     # another actor still holds (its gap check is skipped while a partition has no commit yet), and
-    # a crash then skips that batch. Parallelism lives inside the batch instead (split_chunks).
+    # a crash then skips that batch. Parallelism lives inside the batch instead (split_chunks), and
+    # across the batches one actor keeps in flight (handle_batches acks them in arrival order).
     @app.agent(runtime.topics.input, name="extractor")
     async def extractor(stream):
         await runtime.ready.wait()
@@ -201,7 +251,7 @@ def register(app: faust.App, runtime: Runtime, table) -> None:
         await handle_batches(stream, settings.extract_batch_size, settings.extract_batch_within, lambda events: run_batch(
             events, lambda batch: process_batch(runtime, table, batch), stage=STAGE,
             on_poison=lambda event, exc: dead_letter.send_poison(runtime, STAGE, event, exc),
-            attempts=settings.poison_attempts))
+            attempts=settings.poison_attempts), depth=settings.extract_pipeline_depth)
 
     if settings.descriptor_ttl_s:
         @app.timer(settings.descriptor_expiry_interval_s, name="descriptor-expiry")

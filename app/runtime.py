@@ -101,6 +101,8 @@ class Runtime:
         self.db = Database(settings, min_size=0, max_size=10)
         self.ready = asyncio.Event()
         self.recent_uploads = RecentUploads(settings.local_object_cache_mb << 20)
+        # (sha256, bundle version) -> descriptors of an extractor batch in flight (agents/extractor.py)
+        self.extracting: dict[tuple[str, str], asyncio.Future] = {}
         self._bundle: Bundle | None = None
         self._other_bundles: dict[str, Bundle] = {}
         self._shadows: tuple[Bundle, ...] = ()

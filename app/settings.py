@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     """Extractor micro-batch size: stream.take(n, ...)."""
     extract_batch_within: float = Field(0.005, gt=0)
     """Extractor micro-batch wait in seconds: stream.take(..., within=t)."""
+    extract_pipeline_depth: int = Field(2, ge=1)
+    """Extractor micro-batches in flight: while one batch runs the backbone and publishes, the next
+    one's look-ups, fetches and decodes run and its ONNX calls queue behind, so the cores do not
+    idle between batches. Batches are acked in order, each once handled (1 = one at a time)."""
     onnx_parallel: int = Field(2, ge=1)
     """ONNX calls side by side per extractor batch: the batch is split into this many chunks, each
     run on its own thread (with cores / this many intra-op threads unless IMGSTREAM_ORT_THREADS)."""

@@ -3,6 +3,8 @@ Runtime's boundary): no Kafka, PostgreSQL or S3."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import numpy as np
@@ -88,6 +90,67 @@ async def test_a_crop_decoded_at_upload_is_extracted_without_fetching_or_decodin
     assert [str(i) for i in ids] == [own[0], stale[0]]
     expected = bundle.descriptors(np.stack([preprocess(data, spec)]))[0]
     assert np.allclose(values[0], expected, atol=1e-5)
+
+
+@pytest.fixture
+def pipelined_rig():
+    """Batches of one, two in flight, and a backbone slow enough that they overlap."""
+    s = settings(roles=("extractor",), extract_batch_size=1, extract_batch_within=0.01, extract_pipeline_depth=2,
+                 poison_attempts=1)
+    app = app_for(s)
+    bundle = tiny_bundle()
+    runtime = InProcessRuntime(app, s, bundle)
+    runtime.recent_uploads.max_bytes = 0  # every image fetched from the store
+    table = table_codec.declare(app, s)
+    extractor.register(app, runtime, table)
+    run = bundle.extractor.run
+
+    def slow(batch, wide=False):
+        time.sleep(0.2)
+        return run(batch, wide)
+
+    bundle.extractor.run = slow
+    return app, runtime, table, bundle
+
+
+async def test_a_batch_in_flight_answers_the_same_bytes_in_the_next_batch(pipelined_rig):
+    app, runtime, table, bundle = pipelined_rig
+    data = image((200, 10, 10), salt="twice")
+    first, second = upload_event(runtime, data), upload_event(runtime, data)
+    async with _agent(app, "extractor").test_context() as agent:
+        for _, key, value in (first, second):
+            await agent.put(value, key=key, wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 2, what="two descriptor messages")
+    sent = runtime.on(runtime.settings.features_topic)
+    assert bundle.extractor.images == 1  # extracted once across the two batches
+    assert [str(decode_descriptors(s.value)[0]) for s in sent] == [first[0], second[0]]
+    assert [Trace.from_headers(s.headers).cached for s in sent] == [False, True]
+    assert np.array_equal(decode_descriptors(sent[0].value)[1], decode_descriptors(sent[1].value)[1])
+    assert not runtime.extracting  # claims are dropped once their batch is done
+
+
+async def test_when_the_batch_in_flight_fails_the_next_one_extracts_for_itself(pipelined_rig):
+    app, runtime, table, bundle = pipelined_rig
+    data = image((10, 200, 10), salt="fallback")
+    gone, kept = upload_event(runtime, data), upload_event(runtime, data)
+    missing_key = f"raw-images/test/{gone[0]}.png"
+    runtime.store.objects.pop(missing_key)
+    get = runtime.store.get
+
+    async def slow_miss(key):
+        if key == missing_key:  # the first batch fails only after the second has joined it
+            await asyncio.sleep(0.2)
+        return await get(key)
+
+    runtime.store.get = slow_miss
+    async with _agent(app, "extractor").test_context() as agent:
+        for _, key, value in (gone, kept):
+            await agent.put(value, key=key, wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 1, what="the kept image's message")
+        await until(lambda: len(runtime.on(runtime.settings.dead_letter_topic)) == 1, what="the gone image's letter")
+    assert str(decode_descriptors(runtime.on(runtime.settings.features_topic)[0].value)[0]) == kept[0]
+    assert DeadLetter.loads(runtime.on(runtime.settings.dead_letter_topic)[0].value).code == "object_missing"
+    assert bundle.extractor.images == 1 and not runtime.extracting
 
 
 async def test_undecodable_and_missing_images_are_dead_lettered_and_the_batch_goes_on(extractor_rig):

@@ -312,15 +312,16 @@ async def test_the_agents_batch_policy_leaves_a_cut_short_batch_unacked():
     assert acked == []
 
 
-@pytest.mark.parametrize("ours", [True, False], ids=["handle_batches", "take_events"])
-async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours):
+@pytest.mark.parametrize("ours,depth", [(True, 1), (True, 2), (False, 1)],
+                         ids=["handle_batches", "handle_batches-depth-2", "take_events"])
+async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours, depth):
     """A real Faust stream: the agent is still handling its batch (waiting out an outage, say)
     when the worker stops. ``Stream.on_stop`` closes ``take_events``' generator, whose ``finally``
     acks the batch (the stop's commit then skips it: one image in 400 in a rolling-upgrade chaos
     run); ``handle_batches`` reads with ``noack_take`` and acks only a handled batch."""
     from agents.policy import handle_batches
 
-    app = faust.App(f"noack-{ours}", store="memory://", autodiscover=False, value_serializer="raw",
+    app = faust.App(f"noack-{ours}-{depth}", store="memory://", autodiscover=False, value_serializer="raw",
                     web_enabled=False)
     seen: list = []
 
@@ -331,7 +332,7 @@ async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours):
     @app.agent(app.topic("input", value_serializer="raw"))
     async def agent(stream):
         if ours:
-            await handle_batches(stream, 4, 0.01, handle)
+            await handle_batches(stream, 4, 0.01, handle, depth=depth)
         else:
             async for events in stream.take_events(4, within=0.01):
                 await handle(events)
@@ -342,8 +343,64 @@ async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours):
             if seen:
                 break
             await asyncio.sleep(0.01)
-    assert len(seen) == 1
-    assert seen[0].message.acked is (not ours)
+        if depth > 1:  # a second batch in flight beside the first
+            await a.put(b"y", wait=False)
+            for _ in range(300):
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.01)
+    assert len(seen) == depth
+    assert all(e.message.acked is (not ours) for e in seen)
+
+
+async def test_batches_in_flight_are_handled_side_by_side_and_acked_in_order():
+    """``handle_batches(depth=2)``: the second batch runs while the first is still handled, and
+    is not acked before the first (the committed offset never passes a batch in flight)."""
+    from agents.policy import handle_batches
+
+    app = faust.App("noack-depth", store="memory://", autodiscover=False, value_serializer="raw", web_enabled=False)
+    first_release = asyncio.Event()
+    log: list[str] = []
+    events: dict[bytes, object] = {}
+    running = 0
+    most = 0
+
+    async def handle(batch):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        value = batch[0].value
+        events[value] = batch[0]
+        log.append(f"start {value.decode()}")
+        if value == b"a":
+            await first_release.wait()
+        log.append(f"end {value.decode()}")
+        running -= 1
+
+    @app.agent(app.topic("input", value_serializer="raw"))
+    async def agent(stream):
+        await handle_batches(stream, 1, 0.01, handle, depth=2)
+
+    async def until(predicate):
+        for _ in range(300):
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(log)
+
+    async with agent.test_context() as a:
+        await a.put(b"a", wait=False)
+        await a.put(b"b", wait=False)
+        await until(lambda: "end b" in log)
+        await asyncio.sleep(0.05)
+        assert not events[b"a"].message.acked and not events[b"b"].message.acked  # b waits for a
+        first_release.set()
+        await until(lambda: events[b"b"].message.acked)
+        assert events[b"a"].message.acked
+        await a.put(b"c", wait=False)  # a third batch once a slot is free
+        await until(lambda: b"c" in events and events[b"c"].message.acked)
+    assert most == 2
+    assert log[:3] == ["start a", "start b", "end b"]
 
 
 # --- fix 4: an idle micro-batch does not poll ------------------------------------------------------
