@@ -54,13 +54,15 @@ def consensus(labels: list[str], tie_break: str | None) -> Consensus:
     return Consensus(label, votes, len(labels))
 
 
-def _check_and_hash(body: bytes, spec: BackboneSpec | None, max_pixels: int) -> tuple[np.ndarray | None, str]:
-    """Off the event loop: the decode that validates (to ``spec``'s crop, or the cheapest one
-    without a co-located extractor) and the sha256 (1.4 ms for a 2 MB photo)."""
+def _check_and_hash(body: bytes, spec: BackboneSpec | None, max_pixels: int) -> tuple[str, np.ndarray | None, str]:
+    """Off the event loop: the header check (format, pixel count: refused before any decode), the
+    decode that validates (to ``spec``'s crop, or the cheapest one without a co-located
+    extractor) and the sha256 (1.4 ms for a 2 MB photo). Returns (format, crop, sha256)."""
+    fmt, _, _ = probe(body, max_pixels)
     if spec is None:
         validate(body, max_pixels)
-        return None, hashlib.sha256(body).hexdigest()
-    return model_pixels(body, spec, max_pixels), hashlib.sha256(body).hexdigest()
+        return fmt, None, hashlib.sha256(body).hexdigest()
+    return fmt, model_pixels(body, spec, max_pixels), hashlib.sha256(body).hexdigest()
 
 
 def _model_view_png(data: bytes, spec: BackboneSpec, max_pixels: int) -> bytes:
@@ -95,9 +97,9 @@ class DataPlane:
         A worker with an extractor validates by decoding the image to the backbone's input crop and
         keeps the crop for its own extractor: one decode per image. A front-only worker validates
         with the cheapest decode that still reads the whole image (1/8 scale for JPEG)."""
-        fmt, _, _ = probe(body, self.settings.max_pixels)
         spec = self._spec()
-        pixels, sha = await self.rt.in_pool(self.rt.decode_pool, _check_and_hash, body, spec, self.settings.max_pixels)
+        fmt, pixels, sha = await self.rt.in_pool(self.rt.decode_pool, _check_and_hash, body, spec,
+                                                 self.settings.max_pixels)
         image_id = uuid.uuid4()
         now = datetime.now(UTC)
         key = f"raw-images/{now:%Y/%m/%d}/{image_id}.{EXTENSIONS[fmt]}"

@@ -88,6 +88,13 @@ def _cpu_budget(sat: dict, lim: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _passes(sat: dict) -> str:
+    runs = sat.get("passes_images_per_s")
+    if not runs:
+        return ""
+    return f"; the median of {len(runs)} passes: " + " / ".join(_f(r) for r in runs) + " images/s"
+
+
 def _worker_threads(cpu: dict) -> list[str]:
     """The worker's CPU by thread role, and what lies outside the backbone's own work (decode +
     preprocess + inference, on the onnx* and decode* threads) for the worker and the system."""
@@ -132,9 +139,11 @@ def markdown(r: dict, png_name: str) -> str:
         "|---|---|---|",
         *_limit_rows(lim),
         f"| imgstream at saturation (closed loop, 32 in flight, {im['saturation']['images']} images, upload -> third "
-        f"prediction committed) | {_f(sat)} | **{_f(sat / lim['images_per_s'], '.2f')}** |",
+        f"prediction committed{_passes(im['saturation'])}) | {_f(sat)} | **{_f(sat / lim['images_per_s'], '.2f')}** |",
         "",
-        f"Target: ratio >= 0.85 ({'met' if sat / lim['images_per_s'] >= 0.85 else 'NOT met'}). Original design: "
+        f"Targets: ratio >= 0.65 on this 2-core machine, where the broker, S3 server, PostgreSQL and the load "
+        f"generator share the cores ({'met' if sat / lim['images_per_s'] >= 0.65 else 'NOT met'}); ratio >= 0.85 "
+        f"({'met' if sat / lim['images_per_s'] >= 0.85 else 'NOT met'}). Original design: "
         f"100+ images/s ({'met' if sat >= 100 else 'NOT met'}). Single-image extractor latency "
         f"(decode + preprocess + ONNX + reduce, batch 1): {_f(lim['single_image_p50_ms'])} ms p50.",
         "",
@@ -193,7 +202,17 @@ def markdown(r: dict, png_name: str) -> str:
                      f"{_f(b['images_per_s'] / sat, '.2f')} | p50 {_f(b.get('latency_p50_ms'))} ms, p99 "
                      f"{_f(b.get('latency_p99_ms'))} ms (produce confirmed -> 3rd prediction) |")
     lines += ["", "The 'before' peer is fed straight into Kafka (no HTTP, no S3), which favours it. The synchronous "
-                  "peer does no micro-batching across requests: each request runs the backbone on one image.", ""]
+                  "peer does no micro-batching across requests: each request runs the backbone on one image."]
+    targets = []
+    if r.get("sync", {}).get("images_per_s"):
+        x = sat / r["sync"]["images_per_s"]
+        targets.append(f"{_f(x, '.2f')}x the synchronous peer (target >= 1.0: {'met' if x >= 1.0 else 'NOT met'})")
+    if r.get("before", {}).get("images_per_s"):
+        x = sat / r["before"]["images_per_s"]
+        targets.append(f"{_f(x, '.2f')}x the 'before' design (target >= 2.7: {'met' if x >= 2.7 else 'NOT met'})")
+    if targets:
+        lines += ["", "imgstream's throughput is " + " and ".join(targets) + "."]
+    lines.append("")
     if "scaling" in r:
         sc = r["scaling"]
         lines += ["## 6. Scaling: worker processes on 4 partitions", "", "| workers | images/s | ratio |",
