@@ -50,8 +50,11 @@ def test_py_spy_summary_counts_the_main_threads_busy_share_and_its_frames():
         "put_object (/x/site-packages/aiobotocore/client.py:10) 30",
         "thread (100);run_forever (asyncio/base_events.py:608);upload (/repo/app/views/api.py:5) 20",
         "thread (200);run (/repo/models/extractor.py:30) 80",
+        "thread (300): onnx_1;run (/repo/models/extractor.py:30) 10",
     ])
     s = profile.summarize(raw, main_tid=100, seconds=1.0)
-    assert s["event_loop_busy"] == pytest.approx(0.5) and s["other_threads_busy"] == [pytest.approx(0.8)]
+    assert s["event_loop_busy"] == pytest.approx(0.5)
+    assert s["other_threads_busy"] == [pytest.approx(0.8), pytest.approx(0.1)]
+    assert s["other_threads"] == [("200", pytest.approx(0.8)), ("onnx_1", pytest.approx(0.1))]
     assert s["top_own"][0] == ("put_object (aiobotocore/client.py)", pytest.approx(0.3))
     assert dict(s["top_inclusive"])["run_forever (asyncio/base_events.py)"] == pytest.approx(0.5)

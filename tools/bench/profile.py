@@ -48,12 +48,16 @@ def summarize(raw: str, main_tid: int, seconds: float, top: int = 12) -> dict:
     """Busy share of the main thread, its top frames by own time and by inclusive time, and the
     busy share of every other thread (the ONNX and decode pools)."""
     own, inclusive, threads = Counter(), Counter(), Counter()
+    names: dict[int, str] = {}
     for line in raw.splitlines():
         m = _LINE.match(line.strip())
         if not m:
             continue
         tid, count = int(m["tid"]), int(m["count"])
         threads[tid] += count
+        head = m["stack"].split(";", 1)[0]
+        if head.startswith(": "):  # py-spy's thread name (the pools' onnx_0, decode_1, predict_0, ...)
+            names[tid] = head[2:]
         if tid != main_tid:
             continue
         frames = [_label(f) for f in m["stack"].split(";") if f and not f.startswith(":")]
@@ -68,4 +72,5 @@ def summarize(raw: str, main_tid: int, seconds: float, top: int = 12) -> dict:
     return {"seconds": seconds, "event_loop_busy": main / total,
             "top_own": [(f, n / total) for f, n in own.most_common(top)],
             "top_inclusive": [(f, n / total) for f, n in inclusive.most_common(top)],
-            "other_threads_busy": sorted((n / total for n in threads.values()), reverse=True)[:8]}
+            "other_threads_busy": sorted((n / total for n in threads.values()), reverse=True)[:8],
+            "other_threads": [(names.get(t, str(t)), n / total) for t, n in threads.most_common(8)]}

@@ -354,7 +354,9 @@ def _loop_profile(p: dict) -> list[str]:
              + (f": {_f(p['images_per_s_under_py_spy'])} images/s under py-spy" if "images_per_s_under_py_spy" in p else "")
              + f"). The event-loop thread (the main thread) was busy **{_f(100 * p['event_loop_busy'], '.0f')} %** "
              "of the time (idle samples, waiting in epoll, are not counted); the busiest other threads (ONNX, decode, "
-             "predict pools): " + ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"]) + ".", "",
+             "predict pools): " + (", ".join(f"{name} {_f(100 * b, '.0f')} %" for name, b in p["other_threads"])
+                                   if "other_threads" in p else
+                                   ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"])) + ".", "",
              "| top frames of the event-loop thread, own time | share of the phase |", "|---|---|"]
     lines += [f"| `{f}` | {_f(100 * s, '.1f')} % |" for f, s in p["top_own"]]
     lines += ["", "| top frames of the event-loop thread, inclusive | share of the phase |", "|---|---|"]
