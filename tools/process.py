@@ -87,6 +87,7 @@ class Process:
             if self.pid_file is not None:
                 self.pid_file.unlink(missing_ok=True)
             return False
+        members = _descendants(pid) if group else []
         try:
             os.killpg(pid, sig) if group else os.kill(pid, sig)
             self._wait(pid, timeout)
@@ -96,6 +97,12 @@ class Process:
             with suppress(ProcessLookupError, psutil.NoSuchProcess):
                 os.killpg(pid, signal.SIGKILL)
             self._wait(pid, 10)
+        # the leader is gone; its children got the same signal but may still be exiting (holding a
+        # port or a lock file): return only once they are gone too
+        for left in _wait_gone(members, timeout):
+            with suppress(psutil.NoSuchProcess):
+                left.kill()
+        _wait_gone(members, 10)
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)
         return True
@@ -136,3 +143,28 @@ def wait_until(check, timeout: float, interval: float = 0.5) -> tuple[bool, str]
             return True, "ok"
         time.sleep(interval)
     return False, reason
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for a reaper that may never come)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` seconds for ``procs`` to end; returns those still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)

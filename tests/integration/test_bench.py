@@ -30,11 +30,17 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     assert {"worker", "kafka", "postgres", "s3", "load generator (bench process)"} <= set(cpu["ms_per_image"])
     assert cpu["ms_per_image"]["worker"] > 0 and cpu["total_ms_per_image"] >= cpu["ms_per_image"]["worker"]
     assert "Where the CPU went" in text
+    # the median of three passes, and the worker's CPU by thread role (pool threads named at the OS)
+    assert len(result["imgstream"]["saturation"]["passes_images_per_s"]) == 3
+    threads = cpu["threads_ms_per_image"]
+    assert threads["backbone (onnx*, decode* threads)"] > 0 and threads["event loop (main thread)"] > 0
+    assert "Outside the backbone's own work: the worker" in text
     lim = result["limit"]
     assert lim["images_per_s"] == max(lim["extractor"]["images_per_s"], lim["ort_default"]["images_per_s"])
     assert lim["extractor"]["parallel_chunks"] >= 1 and lim["cpu_ms_per_image"] > 0
     # the event loop's levers side by side, and py-spy's view of the loop at saturation
-    assert list(result["levers"]) == ["asyncio + aioboto3", "uvloop + aioboto3", "asyncio + obstore", "uvloop + obstore"]
+    assert list(result["levers"]) == ["asyncio + aioboto3", "uvloop + aioboto3", "asyncio + obstore", "uvloop + obstore",
+                                         "asyncio + obstore, one extractor batch in flight"]
     assert all(v["images_per_s"] > 0 and v["cpu"]["ms_per_image"]["worker"] > 0 for v in result["levers"].values())
     loop = result["imgstream"]["event_loop_profile"]
     assert 0 < loop["event_loop_busy"] <= 1.05 and loop["top_own"] and "## 12. The event loop" in text
