@@ -136,8 +136,9 @@ class Settings(BaseSettings):
     HTTP API; a worker with the front role alone runs no agent."""
     extract_batch_size: int = Field(16, ge=1)
     """Extractor micro-batch size: stream.take(n, ...)."""
-    extract_batch_within: float = Field(0.005, gt=0)
-    """Extractor micro-batch wait in seconds: stream.take(..., within=t)."""
+    extract_batch_within: float = Field(0.0025, gt=0)
+    """Extractor micro-batch wait in seconds, counted from the batch's first event (a full batch
+    goes at once): stream.noack_take(..., within=t)."""
     extract_pipeline_depth: int = Field(2, ge=1)
     """Extractor micro-batches in flight: while one batch runs the backbone and publishes, the next
     one's look-ups, fetches and decodes run and its ONNX calls queue behind, so the cores do not
@@ -173,8 +174,8 @@ class Settings(BaseSettings):
     entries (a lookup never answers with an expired entry, whatever this interval)."""
     classify_batch_size: int = Field(64, ge=1)
     """Classifier micro-batch size (one predict call and one DB write per batch)."""
-    classify_batch_within: float = Field(0.002, gt=0)
-    """Classifier micro-batch wait in seconds."""
+    classify_batch_within: float = Field(0.001, gt=0)
+    """Classifier micro-batch wait in seconds, counted from the batch's first event."""
 
     resend_after_s: float = Field(60.0, ge=0)
     """The sweeper (dead-letter role) re-publishes an accepted image of this deployment that has no
