@@ -58,6 +58,21 @@ class Uploader:
         self.accepted_at: list[float] = []
         self.refused: dict[str, int] = {}
         self.sent = 0
+        self._pause_at: int | None = None
+        self._going = asyncio.Event()
+        self._going.set()
+
+    def pause_at(self, accepted: int | None) -> None:
+        """Hold every client once ``accepted`` images were accepted (None: never), until ``resume``:
+        a test can change the system between two parts of one stream, whatever the machine's speed."""
+        self._pause_at = accepted
+
+    def resume(self) -> None:
+        self._going.set()
+
+    async def paused(self, task: asyncio.Task) -> None:
+        while self._going.is_set() and not task.done():
+            await asyncio.sleep(0.05)
 
     def _count(self, key: str) -> None:
         self.refused[key] = self.refused.get(key, 0) + 1
@@ -71,6 +86,11 @@ class Uploader:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
             async def one_client():
                 while queue:
+                    if self._pause_at is not None and len(self.accepted) >= self._pause_at:
+                        self._going.clear()
+                    await self._going.wait()
+                    if not queue:
+                        break
                     data = queue.pop()
                     self.sent += 1
                     give_up = loop.time() + self.patience

@@ -129,11 +129,21 @@ async def test_worker_restarted_on_a_newer_bundle_mid_stream(stack, sample_image
     new = Worker({**env, "IMGSTREAM_BUNDLE_VERSION": newer}, log_dir=tmp_path)
     uploader = Uploader(images_from(sample_images, 400, uuid.uuid4().hex), concurrency=4, pace=0.02)
     try:
+        # 150 images to the old worker; the rest of the stream waits while the new one starts,
+        # flows while the old one stops, and its last 100+ images come after the old one is gone
+        # (the stream must outlast the switch on any machine, or the test shows nothing)
+        uploader.pause_at(150)
         task = asyncio.create_task(uploader.run(lambda: alive([old, new])))
-        await until_accepted(uploader, task, 150)
+        await uploader.paused(task)
         new.start()
         await asyncio.to_thread(new.wait_healthy)
-        old.stop()  # SIGTERM: a rolling upgrade
+        uploader.pause_at(300)
+        uploader.resume()
+        await until_accepted(uploader, task, 170)
+        old.stop()  # SIGTERM mid-stream: a rolling upgrade
+        stopped_at = time.time()
+        uploader.pause_at(None)
+        uploader.resume()
         await task
         fig = await measure(stack, env, uploader, timeout=240)
     finally:
@@ -143,6 +153,7 @@ async def test_worker_restarted_on_a_newer_bundle_mid_stream(stack, sample_image
     record("restart_on_newer_bundle", **fig)
     assert_none_lost_or_doubled(fig)
     assert fig["accepted"] == 400
+    assert uploader.accepted_between(stopped_at, time.time()) >= 90  # 100, less those in flight at the pause
     assert newer in fig["versions"], "the new bundle served the rest of the stream"
 
 
