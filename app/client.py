@@ -52,14 +52,6 @@ async def upload_many(base: str, files: list[Path], concurrency: int = 8, advanc
                                       for f, label in zip(files, labels or [None] * len(files), strict=True)))
 
 
-async def upload_labelled(base: str, files: list[tuple[Path, str]], concurrency: int = 8, advance=None,
-                          token: str | None = None) -> list[tuple[Path, str, int, dict]]:
-    """``upload_many`` of (path, label) pairs: (path, label, status, body) per file."""
-    labels = [label for _, label in files]
-    results = await upload_many(base, [p for p, _ in files], concurrency, advance, token, labels)
-    return [(path, label, status, body) for (path, status, body), label in zip(results, labels, strict=True)]
-
-
 class NotComplete(TimeoutError):
     """Raised by ``wait_complete`` at its deadline; ``done`` holds the answers that did arrive."""
 

@@ -29,7 +29,7 @@ def experiment(stack, dataset, sample_images, tmp_path_factory):
     import asyncio
     import uuid
 
-    from app.client import upload_labelled
+    from app.client import upload_many
     from tests.workers import Worker, cli, isolated_env, pinned_bundle, train_bundle
 
     serving = pinned_bundle()
@@ -46,7 +46,8 @@ def experiment(stack, dataset, sample_images, tmp_path_factory):
             (logs / label).mkdir(exist_ok=True)
             (logs / label / f"{i}.jpg").write_bytes(data)
             files.append((logs / label / f"{i}.jpg", label))
-        results = asyncio.run(upload_labelled(worker.url, files, concurrency=8))
+        results = asyncio.run(upload_many(worker.url, [p for p, _ in files], concurrency=8,
+                                          labels=[label for _, label in files]))
         assert [status for *_, status, _ in results] == [202] * len(files)
         yield worker, serving, shadow
     finally:

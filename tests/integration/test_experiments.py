@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from PIL import Image, ImageFilter
 
-from app.client import upload_bytes, upload_labelled, wait_complete
+from app.client import upload_bytes, upload_many, wait_complete
 from models import data
 from tests.workers import Worker, cli, isolated_env, pinned_bundle, train_bundle
 
@@ -69,7 +69,8 @@ async def test_shadows_feedback_drift_and_promotion(stack, dataset, tmp_path):
             (folder / label).mkdir(parents=True, exist_ok=True)
             (folder / label / f"{i}.jpg").write_bytes(raw)
         files = [(p, p.parent.name) for p in sorted(folder.rglob("*.jpg"))]
-        results = await upload_labelled(worker.url, files, concurrency=16)
+        results = await upload_many(worker.url, [p for p, _ in files], concurrency=16,
+                                    labels=[label for _, label in files])
         assert [status for *_, status, _ in results] == [202] * len(files)
         ids = [body["image_id"] for *_, body in results]
 
