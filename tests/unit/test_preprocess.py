@@ -8,7 +8,7 @@ from PIL import Image
 
 from app.errors import InvalidImage, TooManyPixels
 from models.backbones import BACKBONES
-from models.preprocess import BACKGROUND, decode, preprocess, probe, to_array, validate
+from models.preprocess import BACKGROUND, decode, normalize, preprocess, probe, to_array, validate
 
 
 def _jpeg(w=64, h=48, color=(200, 30, 30)) -> bytes:
@@ -24,6 +24,17 @@ def test_output_is_nchw_float32_normalized_per_backbone():
     # TF-style (x - 127) / 128 for EfficientNet-Lite0: pure red -> R ~ (200-127)/128
     x = preprocess(_jpeg(color=(200, 30, 30)), BACKBONES["efficientnet_lite0"])
     assert abs(float(x[0].mean()) - (200 - 127) / 128) < 0.05
+
+
+def test_normalize_gives_the_bundles_training_values_bit_for_bit():
+    """Bundles are trained on these exact float32 values: the fast path (channels moved on the
+    uint8 pixels, one float32 pass) must equal the plain formula, not merely be close to it."""
+    pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    for name, spec in BACKBONES.items():
+        plain = (pixels.astype(np.float32) - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+        x = normalize(pixels, spec)
+        assert x.flags.c_contiguous and x.dtype == np.float32, name
+        assert np.array_equal(x, plain.transpose(2, 0, 1)), name
 
 
 def test_refuses_empty_garbage_and_non_images():

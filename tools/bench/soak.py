@@ -181,6 +181,7 @@ class Soak:
                 await conn.close()
         finally:
             b.stop_all()
+            await broker.delete_topics(self.settings, f"bench-{b.run_id}-")
         return {"settings": {"duration_s": self.duration, "warmup_s": self.warmup, "interval_s": self.interval,
                              "fraction": self.fraction, "rate": rate, "saturation_images_per_s": sat["images_per_s"],
                              "table_store": self.settings.table_store, "descriptor_ttl_s": self.settings.descriptor_ttl_s},
