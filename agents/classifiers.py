@@ -1,9 +1,9 @@
 """image-features-stream -> fast / balanced / accurate -> PostgreSQL.
 
 Three agents read the same topic in parallel. Each takes a micro-batch, predicts it with one
-LightGBM call off the event loop, and writes all rows in one transaction with an idempotent
-upsert, so a redelivered message never makes a second row. While PostgreSQL is down the agent
-retries the batch and Kafka holds the backlog: nothing accepted is lost.
+LightGBM call off the event loop, and writes all rows in one transaction and one round trip with
+an idempotent upsert, so a redelivered message never makes a second row. While PostgreSQL is down
+the agent retries the batch and Kafka holds the backlog: nothing accepted is lost.
 """
 
 from __future__ import annotations

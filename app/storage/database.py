@@ -73,6 +73,11 @@ class ImageProgress:
     bundle_version: str
 
 
+def _first_of_each(items: list, key) -> list:
+    seen: set = set()
+    return [x for x in items if not (key(x) in seen or seen.add(key(x)))]
+
+
 def migrations() -> list[tuple[str, str]]:
     folder = resources.files("app.storage") / "migrations"
     return sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
@@ -191,55 +196,40 @@ class Database:
 
     async def write_predictions(self, progress: list[ImageProgress], rows: list[PredictionRow],
                                 first_answer_only: bool = False) -> int:
-        """Upsert the images' progress and insert predictions in one transaction. Returns rows inserted.
+        """Upsert the images' progress and insert predictions in one transaction and one round trip
+        (``imgstream_write_predictions``, migration 006). Returns rows inserted.
 
         A redelivered prediction keeps the first row and counts the run (``attempts``):
-        redeliveries are allowed, and measured rather than hidden. With ``first_answer_only`` (the
-        live classifiers) an image is answered only by the bundle recorded for it by its first
-        progress write: a descriptor message redelivered to a worker restarted on a newer bundle
-        never gives one upload two answers. Replays (new rows for history) pass False."""
-        progress = sorted(progress, key=lambda p: p.image_id)  # one lock order across classifiers
-        async with self.pool.acquire() as conn, conn.transaction():
-            if progress:
-                await conn.executemany(
-                    """INSERT INTO images (image_id, uploaded_at, extract_started_at, extract_finished_at,
-                                           extract_cached, bundle_version)
-                       VALUES ($1, $2, $3, $4, $5, $6)
-                       ON CONFLICT (image_id) DO UPDATE SET
-                         uploaded_at = COALESCE(images.uploaded_at, EXCLUDED.uploaded_at),
-                         extract_started_at = COALESCE(images.extract_started_at, EXCLUDED.extract_started_at),
-                         extract_finished_at = COALESCE(images.extract_finished_at, EXCLUDED.extract_finished_at),
-                         extract_cached = COALESCE(images.extract_cached, EXCLUDED.extract_cached),
-                         bundle_version = COALESCE(images.bundle_version, EXCLUDED.bundle_version)
-                       WHERE images.bundle_version IS NULL OR images.extract_started_at IS NULL""",
-                    [(p.image_id, p.uploaded_at, p.extract_started_at, p.extract_finished_at, p.extract_cached,
-                      p.bundle_version) for p in progress],
-                )
-            if not rows:
-                return 0
-            types = ("uuid", "text", "text", "text", "real", "real[]", "real")
-            values = ", ".join(
-                "(" + ", ".join(f"${i * len(types) + j + 1}::{t}" for j, t in enumerate(types)) + ")"
-                for i in range(len(rows))
+        redeliveries are allowed, and measured rather than hidden; copies within one call count
+        once. With ``first_answer_only`` (the live classifiers) an image is answered only by the
+        bundle recorded for it by its first progress write: a descriptor message redelivered to a
+        worker restarted on a newer bundle never gives one upload two answers. Replays (new rows
+        for history) pass False."""
+        # one lock order across classifiers; each image once, each prediction once
+        progress = sorted(_first_of_each(progress, lambda p: p.image_id), key=lambda p: p.image_id)
+        rows = sorted(_first_of_each(rows, lambda r: (r.image_id, r.classifier, r.model_version)),
+                      key=lambda r: (r.image_id, r.classifier, r.model_version))
+        flat: list[float] = []
+        first, last = [], []
+        for r in rows:
+            first.append(len(flat) + 1)
+            flat.extend(r.probabilities)
+            last.append(len(flat))
+        try:
+            return await self.pool.fetchval(
+                "SELECT imgstream_write_predictions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                [p.image_id for p in progress], [p.uploaded_at for p in progress],
+                [p.extract_started_at for p in progress], [p.extract_finished_at for p in progress],
+                [p.extract_cached for p in progress], [p.bundle_version for p in progress],
+                [r.image_id for r in rows], [r.classifier for r in rows], [r.model_version for r in rows],
+                [r.label for r in rows], [r.confidence for r in rows], flat, first, last,
+                [r.latency_ms for r in rows], first_answer_only,
             )
-            params = [v for r in rows for v in (r.image_id, r.classifier, r.model_version, r.label,
-                                                r.confidence, r.probabilities, r.latency_ms)]
-            # The image's bundle is set once, by the first progress write (above, under the image
-            # row's lock): every classifier answers with that bundle, whichever message came first.
-            first_only = """WHERE v.model_version = (SELECT i.bundle_version FROM images i
-                                                     WHERE i.image_id = v.image_id)"""
-            written = await conn.fetch(
-                f"""INSERT INTO predictions (image_id, classifier, model_version, label, confidence,
-                                             probabilities, latency_ms)
-                    SELECT * FROM (VALUES {values}) AS v(image_id, classifier, model_version, label, confidence,
-                                                         probabilities, latency_ms)
-                    {first_only if first_answer_only else ""}
-                    ON CONFLICT (image_id, classifier, model_version)
-                    DO UPDATE SET attempts = predictions.attempts + 1
-                    RETURNING (xmax = 0) AS inserted""",
-                *params,
-            )
-        return sum(1 for r in written if r["inserted"])
+        except asyncpg.exceptions.UndefinedFunctionError as exc:
+            # a worker newer than the schema: an outage to wait out (Kafka keeps the batch), not a
+            # poison message to dead-letter
+            raise ServiceUnavailable("the database schema is older than this worker: run `imgstream init`",
+                                     code="schema_behind") from exc
 
     async def stalled(self, deployment: str, older_than_s: float, committed: dict[int, int],
                       limit: int = 500, max_resends: int = 5) -> list[asyncpg.Record]:
