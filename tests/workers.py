@@ -67,9 +67,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> str:
     """``imgstream ARGS`` in a subprocess; its stdout (fails the test on a non-zero exit)."""
     import subprocess
 
-    res = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
+    # faulthandler: a crash (a signal, not an exception) still says where it happened
+    res = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "app.cli", *args], cwd=REPO,
+                         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"exit status {res.returncode}\n{res.stdout}{res.stderr}"
     return res.stdout
 
 

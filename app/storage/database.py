@@ -74,8 +74,11 @@ class ImageProgress:
 
 
 def _first_of_each(items: list, key) -> list:
-    seen: set = set()
-    return [x for x in items if not (key(x) in seen or seen.add(key(x)))]
+    """``items`` without repeats of ``key``, each kept at its first occurrence."""
+    first: dict = {}
+    for item in items:
+        first.setdefault(key(item), item)
+    return list(first.values())
 
 
 def migrations() -> list[tuple[str, str]]:
