@@ -73,12 +73,12 @@ class ImageProgress:
     bundle_version: str
 
 
-def _first_of_each(items: list, key) -> list:
-    """``items`` without repeats of ``key``, each kept at its first occurrence."""
+def _once_each_by(items: list, key) -> list:
+    """``items`` sorted by ``key``, each key once (its first occurrence kept)."""
     first: dict = {}
     for item in items:
         first.setdefault(key(item), item)
-    return list(first.values())
+    return [first[k] for k in sorted(first)]
 
 
 def migrations() -> list[tuple[str, str]]:
@@ -209,9 +209,8 @@ class Database:
         worker restarted on a newer bundle never gives one upload two answers. Replays (new rows
         for history) pass False."""
         # one lock order across classifiers; each image once, each prediction once
-        progress = sorted(_first_of_each(progress, lambda p: p.image_id), key=lambda p: p.image_id)
-        rows = sorted(_first_of_each(rows, lambda r: (r.image_id, r.classifier, r.model_version)),
-                      key=lambda r: (r.image_id, r.classifier, r.model_version))
+        progress = _once_each_by(progress, lambda p: p.image_id)
+        rows = _once_each_by(rows, lambda r: (r.image_id, r.classifier, r.model_version))
         flat: list[float] = []
         first, last = [], []
         for r in rows:
