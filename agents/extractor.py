@@ -209,7 +209,7 @@ async def _extract_and_publish(runtime: Runtime, table, bundle, shadows, items: 
     # 4. publish (in input order), waiting for the broker's confirmation; then each shadow bundle's
     #    descriptors of the images extracted in this batch (a repeat answered by the table has no
     #    features to reduce, so shadows see only extracted images)
-    sends = []
+    records = []
     for item in items:
         if item.dead:
             continue
@@ -220,15 +220,14 @@ async def _extract_and_publish(runtime: Runtime, table, bundle, shadows, items: 
         payload = encode_descriptors(image_id, item.descriptors)
         trace = Trace(item.version or version, item.msg.uploaded_at, item.started, finished, item.cached)
         MESSAGE_BYTES.labels(runtime.settings.features_topic).observe(len(payload))
-        sends.append(runtime.send(runtime.topics.features, item.msg.image_id.encode(), payload, trace.headers()))
+        records.append((item.msg.image_id.encode(), payload, trace.headers()))
         counts["published"] += 1
         counts["cached"] += item.cached
         for shadow, d in zip(shadows, item.shadow or (), strict=False):
             trace = Trace(shadow.version, item.msg.uploaded_at, item.started, finished, False, shadow=True)
-            sends.append(runtime.send(runtime.topics.features, item.msg.image_id.encode(),
-                                      encode_descriptors(image_id, d), trace.headers()))
+            records.append((item.msg.image_id.encode(), encode_descriptors(image_id, d), trace.headers()))
             counts["shadow"] += 1
-    await asyncio.gather(*sends)
+    await runtime.send_many(runtime.topics.features, records)
     MESSAGES.labels(STAGE, "ok", version).inc(counts["published"])
     MESSAGES.labels(STAGE, "dead_lettered", version).inc(counts["dead_lettered"])
     return counts

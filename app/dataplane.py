@@ -116,7 +116,8 @@ class DataPlane:
         record = UploadRecord(image_id, key, sha, len(body), FORMATS[fmt], now, datetime.now(UTC),
                               self.settings.deployment, meta.partition, meta.offset)
         try:
-            await asyncio.wait_for(self.rt.db.record_upload(record), 2)
+            async with asyncio.timeout(2):
+                await self.rt.db.record_upload(record)
         except Exception as exc:  # noqa: BLE001 - accepted: the row is written as soon as PostgreSQL answers
             log.warning("upload recorded in Kafka but not yet in PostgreSQL (%s); kept until it is",
                         type(exc).__name__, extra={"image_id": str(image_id)})

@@ -227,10 +227,13 @@ class InProcessRuntime(Runtime):
             return self.others[version]
         return await super().classifiers_for(version)
 
-    async def send(self, topic, key: bytes, value: bytes, headers=None, timeout: float = 15.0):
+    async def send_many(self, topic, records, timeout: float = 15.0) -> list:
         name = topic.get_topic_name()
-        self.sent.append(Sent(topic=name, key=key, value=value, headers=dict(headers or [])))
-        return SimpleNamespace(partition=0, offset=len(self.sent) - 1)
+        metadata = []
+        for key, value, headers in records:
+            self.sent.append(Sent(topic=name, key=key, value=value, headers=dict(headers or [])))
+            metadata.append(SimpleNamespace(partition=0, offset=len(self.sent) - 1))
+        return metadata
 
     def on(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import faust
@@ -403,26 +407,35 @@ async def test_batches_in_flight_are_handled_side_by_side_and_acked_in_order():
     assert log[:3] == ["start a", "start b", "end b"]
 
 
-# --- fix 4: an idle micro-batch does not poll ------------------------------------------------------
+# --- fixes 4 and 6: an idle micro-batch does not poll, a batch costs no task ---------------------
+
+@contextlib.contextmanager
+def counting_tasks() -> Iterator[list[int]]:
+    """Counts the tasks the running loop creates inside the block: ``count[0]``."""
+    loop = asyncio.get_running_loop()
+    count = [0]
+    previous = loop.get_task_factory()
+
+    def factory(loop, coro, **kwargs):
+        count[0] += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        yield count
+    finally:
+        loop.set_task_factory(previous)
+
 
 async def _take(patched_take: bool, puts: list[float], size: int = 4, within: float = 0.002,
-                idle: float = 0.3) -> tuple[int, list[list[bytes]]]:
+                idle: float = 0.3) -> tuple[int, int, list[list[bytes]]]:
     """A real Faust agent reading with ``noack_take``: idle for ``idle`` seconds, then one event
-    after each delay in ``puts``. Returns how often the loop waited (``Stream.wait_for_stopped``)
-    during the idle time and the batches it yielded."""
-    from faust.streams import Stream
-
+    after each delay in ``puts``. Returns the tasks created while it idled, the tasks created
+    per batch afterwards, and the batches it yielded."""
     (faust_patches.apply if patched_take else faust_patches.restore)()
     app = faust.App(f"take-{patched_take}-{len(puts)}", store="memory://", autodiscover=False,
                     value_serializer="raw", web_enabled=False)
     batches: list[list[bytes]] = []
-    waits = 0
-    original = Stream.wait_for_stopped
-
-    async def counting(self, *args, **kwargs):
-        nonlocal waits
-        waits += 1
-        return await original(self, *args, **kwargs)
 
     @app.agent(app.topic("input", value_serializer="raw"))
     async def agent(stream):
@@ -431,40 +444,195 @@ async def _take(patched_take: bool, puts: list[float], size: int = 4, within: fl
             for event in events:
                 await stream.ack(event)
 
-    Stream.wait_for_stopped = counting
     try:
         async with agent.test_context() as a:
-            await asyncio.sleep(idle)
-            idle_waits = waits
-            for i, delay in enumerate(puts):
-                await asyncio.sleep(delay)
-                await a.put(str(i).encode(), wait=False)
-            for _ in range(100):
-                if sum(map(len, batches)) == len(puts):
-                    break
-                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # started and waiting
+            with counting_tasks() as idle_tasks:
+                await asyncio.sleep(idle)
+            with counting_tasks() as batch_tasks:
+                for i, delay in enumerate(puts):
+                    await asyncio.sleep(delay)
+                    await a.put(str(i).encode(), wait=False)
+                for _ in range(100):
+                    if sum(map(len, batches)) == len(puts):
+                        break
+                    await asyncio.sleep(0.01)
     finally:
-        Stream.wait_for_stopped = original
         faust_patches.restore()
-    return idle_waits, batches
+    return idle_tasks[0], batch_tasks[0] / max(1, len(batches)), batches
 
 
 async def test_an_idle_batch_loop_waits_without_polling():
-    idle_waits, batches = await _take(True, [0.0])
-    assert idle_waits <= 2  # the first wait for an event, not one per ``within``
+    idle_tasks, _, batches = await _take(True, [0.0])
+    assert idle_tasks == 0  # sleeping until the first event, not waking every ``within``
     assert batches == [[b"0"]]
 
 
 async def test_unpatched_idle_batch_loop_polls_every_within():
-    idle_waits, _ = await _take(False, [0.0])
-    assert idle_waits > 30  # 0.3 s at within = 2 ms: ~150 in theory, fewer on a busy machine
+    idle_tasks, _, _ = await _take(False, [0.0])
+    # three tasks a poll (mode's wait_first): 0.3 s at within = 2 ms is ~150 polls in theory,
+    # fewer on a busy machine
+    assert idle_tasks > 90
+
+
+async def test_a_batch_costs_the_loop_no_task():
+    # events further apart than ``within``: each closes its batch on the deadline
+    _, per_batch, batches = await _take(True, [0.005] * 12, within=0.001, idle=0.01)
+    assert len(batches) == 12
+    assert per_batch == 0
+
+
+async def test_unpatched_batch_costs_six_tasks():
+    # two ``wait_for_stopped`` a batch (the first event, then full or ``within``), three tasks each
+    _, per_batch, batches = await _take(False, [0.005] * 12, within=0.001, idle=0.01)
+    assert len(batches) == 12
+    assert per_batch >= 3
 
 
 async def test_batches_still_fill_and_close_on_time():
     # ten events at once: full batches of four, then the rest once ``within`` has passed
-    _, burst = await _take(True, [0.0] * 10, within=0.05, idle=0.05)
+    _, _, burst = await _take(True, [0.0] * 10, within=0.05, idle=0.05)
     assert [len(b) for b in burst] == [4, 4, 2]
     assert [v for b in burst for v in b] == [str(i).encode() for i in range(10)]
     # events further apart than ``within``: each closes its own batch
-    _, spaced = await _take(True, [0.05, 0.05, 0.05], within=0.01, idle=0.05)
+    _, _, spaced = await _take(True, [0.05, 0.05, 0.05], within=0.01, idle=0.05)
     assert [len(b) for b in spaced] == [1, 1, 1]
+
+
+async def test_a_stopping_stream_ends_an_idle_batch_loop():
+    """The stop still reaches a batch loop asleep on an empty buffer: the agent's stream ends."""
+    faust_patches.apply()
+    app = faust.App("take-stop", store="memory://", autodiscover=False, value_serializer="raw", web_enabled=False)
+    ended = asyncio.Event()
+
+    @app.agent(app.topic("input", value_serializer="raw"))
+    async def agent(stream):
+        try:
+            async for _ in stream.noack_take(4, within=0.01):
+                pass
+        finally:
+            ended.set()
+
+    try:
+        async with agent.test_context():
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(ended.wait(), 5)
+    finally:
+        faust_patches.restore()
+
+
+# --- fix 5: the consumer delivers a fetched message without four tasks ------------------------------
+
+class Delivered:
+    """What the drain loop handed over, and the tasks it cost."""
+
+    def __init__(self) -> None:
+        self.values: list[int] = []
+
+
+def _draining_consumer(messages, deliver):
+    """The worker's consumer class (Faust's ``_drain_messages`` and the installed ``wait_first``),
+    not connected, over a fake fetch: one ``getmany`` of ``messages``, then its fetcher stops."""
+    from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+    from mode import Service
+
+    consumer = AIOKafkaConsumer.__new__(AIOKafkaConsumer)
+    Service.__init__(consumer)
+    fetcher = Service()
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._commit_every = None
+    consumer._n_acked = 0
+    consumer.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: False))
+    consumer.suspend_flow = asyncio.Event()
+    consumer.callback = deliver
+
+    def getmany(timeout):
+        async def records():
+            for message in messages:
+                yield message.tp, message
+            fetcher._stopped.set()
+        return records()
+
+    consumer.getmany = getmany
+    return consumer, fetcher
+
+
+async def _drain(patched_consumer: bool, n: int, deliver) -> int:
+    (faust_patches.apply if patched_consumer else faust_patches.restore)()
+    try:
+        consumer, fetcher = _draining_consumer(_messages(n), deliver)
+        with counting_tasks() as tasks:
+            await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
+        return tasks[0]
+    finally:
+        faust_patches.restore()
+
+
+async def test_a_delivery_that_does_not_wait_costs_no_task():
+    seen: list[int] = []
+
+    async def deliver(message):
+        seen.append(message.offset)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a never-awaited ``suspend_flow.wait()`` would warn
+        tasks = await _drain(True, 100, deliver)
+    assert seen == list(range(100))
+    assert tasks <= 2  # the drain loop's own ``sleep(0)`` per fetch, none per message
+
+
+async def test_unpatched_delivery_costs_four_tasks_a_message():
+    async def deliver(message):
+        pass
+
+    assert await _drain(False, 100, deliver) >= 400
+
+
+@pytest.mark.parametrize("patched_consumer", [True, False], ids=["patched", "unpatched"])
+async def test_a_delivery_that_waits_is_still_raced_against_the_flow(patched_consumer):
+    """A delivery into a full queue waits; the flow's suspension (a rebalance) abandons it, and
+    the drain goes on: the original's behaviour, kept."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+    queue.put_nowait("full")
+    consumer_box = {}
+
+    async def deliver(message):
+        if message.offset == 1:
+            asyncio.get_running_loop().call_later(0.05, consumer_box["consumer"].suspend_flow.set)
+            await queue.put(message.offset)  # waits: the queue is full
+        return message.offset
+
+    (faust_patches.apply if patched_consumer else faust_patches.restore)()
+    try:
+        consumer, fetcher = _draining_consumer(_messages(3), deliver)
+        consumer_box["consumer"] = consumer
+        await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
+    finally:
+        faust_patches.restore()
+    assert consumer._read_offset[TP("input", 0)] == 2  # every message was read past
+    assert list(queue._queue) == ["full"]  # the abandoned put never landed
+
+
+async def test_a_delivery_keeps_its_own_context():
+    """The first step runs in a copy of the context, as it would in its own task: what a
+    delivery sets does not leak into the drain loop."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="drain")
+
+    async def deliver(message):
+        var.set("delivery")
+
+    await _drain(True, 3, deliver)
+    assert var.get() == "drain"
+
+
+async def test_a_delivery_error_propagates_from_the_first_step():
+    async def deliver(message):
+        raise ValueError("undecodable")
+
+    faust_patches.apply()
+    try:
+        consumer, fetcher = _draining_consumer(_messages(1), deliver)
+        with pytest.raises(ValueError, match="undecodable"):
+            await consumer._drain_messages(fetcher)
+    finally:
+        faust_patches.restore()
