@@ -32,6 +32,12 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     assert "Where the CPU went" in text
     # the median of three passes, and the worker's CPU by thread role (pool threads named at the OS)
     assert len(result["imgstream"]["saturation"]["passes_images_per_s"]) == 3
+    # each pass also against a limit measured just before it
+    paired = result["imgstream"]["saturation"]["paired_limits"]
+    assert len(paired["limits_images_per_s"]) == 3 and all(x > 0 for x in paired["limits_images_per_s"])
+    assert paired["ratios"] == [r / x for r, x in zip(result["imgstream"]["saturation"]["passes_images_per_s"],
+                                                       paired["limits_images_per_s"], strict=True)]
+    assert "each against the limit measured just before it" in text
     threads = cpu["threads_ms_per_image"]
     assert threads["backbone (onnx*, decode* threads)"] > 0 and threads["event loop (main thread)"] > 0
     assert "Outside the backbone's own work: the worker" in text

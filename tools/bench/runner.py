@@ -218,19 +218,29 @@ class Bench:
 
     async def pipeline(self, tag: str, bundle_env: dict[str, str], images: Images, levels: bool = True,
                        fractions: tuple[float, ...] = (0.1, 0.5, 0.8), cwd: Path = REPO,
-                       profile_loop: bool = False, passes: int = 1) -> dict:
+                       profile_loop: bool = False, passes: int = 1, paired_limit: Path | None = None) -> dict:
         """One worker: saturation (the median of ``passes`` closed-loop passes, each on its own
-        images; the machine's speed drifts between passes of one run), then open-loop latency."""
+        images; the machine's speed drifts between passes of one run), then open-loop latency.
+        With ``paired_limit`` (a bundle), the bare limit is measured again right before each pass
+        (the worker idle meanwhile), so each pass has a ratio to a limit of the same minutes."""
         env = self.env(tag, **bundle_env)
         proc, url = await self.worker(env, f"{tag}-worker", cwd=cwd)
         await self.saturate(url, images.take(32))  # warm-up: JIT, connections, batch shapes
-        runs = [await self.saturate(url, images.take(self.n),
-                                    cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)})
-                for _ in range(passes)]
+        limit_images = images.take(128) if paired_limit else []
+        runs, paired = [], []
+        for _ in range(passes):
+            if paired_limit:
+                paired.append(self.limits(paired_limit, limit_images)["images_per_s"])
+            runs.append(await self.saturate(url, images.take(self.n),
+                                            cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)}))
         sat = sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
         out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": []}
         if passes > 1:
             out["saturation"]["passes_images_per_s"] = [r["images_per_s"] for r in runs]
+        if paired:
+            ratios = [r["images_per_s"] / lim for r, lim in zip(runs, paired, strict=True)]
+            out["saturation"]["paired_limits"] = {"limits_images_per_s": paired, "ratios": ratios,
+                                                  "median_ratio": float(np.median(ratios))}
         if profile_loop:  # a pass of its own: py-spy's sampling costs CPU the measured pass must not lose
             out["event_loop_profile"] = await self.profile_pass(proc, url, images)
         rows = await _pipeline_rows(self.dsn, sat["ids"])
@@ -511,7 +521,8 @@ class Bench:
             self.log(f"   {lim['images_per_s']:.1f} images/s (extractor's configuration "
                      f"{lim['extractor']['images_per_s']:.1f}, onnxruntime defaults {lim['ort_default']['images_per_s']:.1f})")
             self.log("2-4. imgstream: saturation, open-loop latency, sizes")
-            self.result["imgstream"] = await self.pipeline("main", {}, images, profile_loop=True, passes=3)
+            self.result["imgstream"] = await self.pipeline("main", {}, images, profile_loop=True, passes=3,
+                                                           paired_limit=path)
             sat = self.result["imgstream"]["saturation"]["images_per_s"]
             self.log(f"   saturation {sat:.1f} images/s")
             self.log("5a. peer: synchronous HTTP service")
