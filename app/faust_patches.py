@@ -98,6 +98,7 @@ SOURCES = {
     "Stream.noack_take": "f2cc2dbfc162d2006c94361c0ed68535c95484020849eb0d4210c1f52c4c430a",
     "Consumer.wait_first": "feade6a31f8a67897cf687c54c66f5f4535288050bbaac07249ce2063d36ae2e",
     "Consumer._drain_messages": "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417",
+    "Service._wait_stopped": "a62903ab2a73b82eae34a3a003e20e121f584e076948d9e63ae0f8c0802fe2d9",
 }
 
 
@@ -433,6 +434,7 @@ def check(faust_version: str | None = None, aiokafka_version: str | None = None,
         "aiokafka Fetcher.fetched_records": source_sha256(Fetcher.fetched_records),
         "Message.ack": source_sha256(Message.ack),
         "Consumer._drain_messages": source_sha256(Consumer._drain_messages),
+        "Service._wait_stopped": source_sha256(Service._wait_stopped),
     }
     changed = sorted(name for name, digest in SOURCES.items() if current.get(name) != digest)
     if changed:
