@@ -13,13 +13,15 @@ import time
 from functools import lru_cache
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
+from aiohttp.web import Response
+from faust.sensors.prometheus import FaustMetrics
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import faust_patches
 from app.dataplane import DataPlane
 from app.logs import configure_logging, json_logging_config
 from app.metrics import (CONSUMER_LAG, DRIFT, DRIFT_MAX, HEAP_RELEASED, HEAP_TRIM_SECONDS, LIVE_ACCURACY, LIVE_LABELLED,
-                         REGISTRY)
+                         REGISTRY, FaustSensor)
 from app.runtime import Runtime, service_for
 from app.settings import Settings, get_settings
 
@@ -108,7 +110,7 @@ def create_app(settings: Settings) -> ImgstreamApp:
     if "dead-letter" in settings.roles:
         dead_letter.register(app, app.runtime)
     _monitors(app, settings)
-    setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="imgstream_faust")
+    _prometheus(app)
     if settings.heap_trim_interval_s:
         from app.memtrace import release_free_heap
 
@@ -129,6 +131,16 @@ def create_app(settings: Settings) -> ImgstreamApp:
         async def memory_trace() -> None:
             trace.tick()
     return app
+
+
+def _prometheus(app: ImgstreamApp) -> None:
+    """Faust's sensor metrics (prefix ``imgstream_faust_``) in the project's registry, and
+    ``/metrics`` serving that registry: ``setup_prometheus_sensors``, with the leaner sensor."""
+    app.monitor = FaustSensor(FaustMetrics.create(REGISTRY, "imgstream_faust"))
+
+    @app.page("/metrics")
+    async def metrics(self, request) -> Response:
+        return Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _monitors(app: ImgstreamApp, settings: Settings) -> None:

@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
+from faust.sensors.monitor import Monitor
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -108,3 +112,68 @@ LIVE_ACCURACY = Gauge("imgstream_live_accuracy", "Share of labelled images a cla
                       registry=REGISTRY)
 LIVE_LABELLED = Gauge("imgstream_live_accuracy_images", "Labelled images behind imgstream_live_accuracy.",
                       ["bundle", "classifier"], registry=REGISTRY)
+
+
+class FaustSensor(PrometheusMonitor):
+    """Faust's Prometheus sensor (the same metrics, the same values) with each labelled child
+    looked up once. Faust's calls ``labels()`` on every message, event, send and table access
+    (argument checks, a lock, a dict look-up, and a regex for a stream's label), several times
+    per image on the event loop. The children of the partition metrics that Faust clears on a
+    rebalance are looked up again after it."""
+
+    def __init__(self, metrics: FaustMetrics, **kwargs) -> None:
+        super().__init__(metrics, **kwargs)
+        self._children: dict = {}
+        self._stream_children: WeakKeyDictionary = WeakKeyDictionary()  # as Faust's own stream look-ups
+
+    def _child(self, metric, key, **labels):
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(**labels)
+        return child
+
+    def _clear_partition_related_metrics(self) -> None:
+        self._children.clear()
+        self._stream_children.clear()
+        super()._clear_partition_related_metrics()
+
+    def on_message_in(self, tp, offset, message) -> None:
+        Monitor.on_message_in(self, tp, offset, message)
+        m = self._metrics
+        m.messages_received.inc()
+        m.active_messages.inc()
+        self._child(m.messages_received_per_topics, ("in", tp.topic), topic=tp.topic).inc()
+        self._child(m.messages_received_per_topics_partition, ("in", tp),
+                    topic=tp.topic, partition=tp.partition).set(offset)
+
+    def on_stream_event_in(self, tp, offset, stream, event):
+        state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
+        m = self._metrics
+        m.total_events.inc()
+        m.total_active_events.inc()
+        child = self._stream_children.get(stream)
+        if child is None:
+            child = self._stream_children[stream] = m.total_events_per_stream.labels(
+                stream=f"stream.{self._stream_label(stream)}.events")
+        child.inc()
+        return state
+
+    def on_send_initiated(self, producer, topic, message, keysize, valsize):
+        self._child(self._metrics.topic_messages_sent, ("send", topic), topic=f"topic.{topic}").inc()
+        return Monitor.on_send_initiated(self, producer, topic, message, keysize, valsize)
+
+    def _table(self, table, operation: str):
+        return self._child(self._metrics.table_operations, ("table", table.name, operation),
+                           table=f"table.{table.name}", operation=operation)
+
+    def on_table_get(self, table, key) -> None:
+        Monitor.on_table_get(self, table, key)
+        self._table(table, self.KEYS_RETRIEVED).inc()
+
+    def on_table_set(self, table, key, value) -> None:
+        Monitor.on_table_set(self, table, key, value)
+        self._table(table, self.KEYS_UPDATED).inc()
+
+    def on_table_del(self, table, key) -> None:
+        Monitor.on_table_del(self, table, key)
+        self._table(table, self.KEYS_DELETED).inc()
