@@ -251,7 +251,7 @@ async def noack_take(self: Stream, max_: int, within):
         if stopped.done():
             stopped.result()  # raises if the watcher itself failed
             # stopped and reset since (the passive drainer's iteration stops the stream and then
-            # resets it as it ends, in ``Stream.__aiter__``'s finally): watch it as it is now
+            # resets it as it ends, in ``Stream._c_aiter``'s finally): watch it as it is now
             stopped = watch_stop()
         wakeup = loop.create_future()
         timer = loop.call_later(deadline, wake) if deadline is not None else None
