@@ -48,7 +48,7 @@ makes someone read the new code instead of patching it blindly.
    agents' queues against the flow's suspension, so that a rebalance abandons a delivery stuck
    on a full queue. mode's ``wait_first`` wraps the delivery and three ``Event.wait()`` calls in
    four tasks and cancels three when the delivery is done, which it almost always is at once:
-   some 15 event-loop callbacks per message, two messages per image. The fix gives the consumer
+   counted, 402 tasks for 100 messages, two messages per image. The fix gives the consumer
    a ``wait_first`` that runs the delivery's first step itself, in a copy of the context as its
    task would: a delivery that finishes there costs no task; one that has to wait is carried on
    by a task from where it stopped and raced exactly as before.
@@ -373,7 +373,7 @@ async def consumer_wait_first(self: Consumer, *coros, timeout=None):
     (``Consumer._drain_messages``: the delivery into the agents' queues raced against the flow's
     suspension) (fix 5). The delivery almost always finishes without waiting; mode's
     ``wait_first`` still wraps it and three ``Event.wait()`` calls in four tasks and cancels three,
-    some 15 loop callbacks per message. Here the first coroutine takes its first step in a copy
+    each task with its own steps and callbacks. Here the first coroutine takes its first step in a copy
     of the context, as its own task would: when that finishes it, the result is returned and the
     waits, never started, are closed; when it has to wait, its task carries on from there and
     the original ``wait_first`` races it, unchanged."""

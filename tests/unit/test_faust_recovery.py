@@ -482,7 +482,7 @@ async def test_a_batch_costs_the_loop_no_task():
     assert per_batch == 0
 
 
-async def test_unpatched_batch_costs_six_tasks():
+async def test_unpatched_batch_loop_makes_tasks_every_batch():
     # two ``wait_for_stopped`` a batch (the first event, then full or ``within``), three tasks each
     _, per_batch, batches = await _take(False, [0.005] * 12, within=0.001, idle=0.01)
     assert len(batches) == 12
@@ -522,13 +522,6 @@ async def test_a_stopping_stream_ends_an_idle_batch_loop():
 
 
 # --- fix 5: the consumer delivers a fetched message without four tasks ------------------------------
-
-class Delivered:
-    """What the drain loop handed over, and the tasks it cost."""
-
-    def __init__(self) -> None:
-        self.values: list[int] = []
-
 
 def _draining_consumer(messages, deliver):
     """The worker's consumer class (Faust's ``_drain_messages`` and the installed ``wait_first``),
@@ -594,18 +587,16 @@ async def test_a_delivery_that_waits_is_still_raced_against_the_flow(patched_con
     the drain goes on: the original's behaviour, kept."""
     queue: asyncio.Queue = asyncio.Queue(maxsize=1)
     queue.put_nowait("full")
-    consumer_box = {}
 
     async def deliver(message):
         if message.offset == 1:
-            asyncio.get_running_loop().call_later(0.05, consumer_box["consumer"].suspend_flow.set)
+            asyncio.get_running_loop().call_later(0.05, consumer.suspend_flow.set)
             await queue.put(message.offset)  # waits: the queue is full
         return message.offset
 
     (faust_patches.apply if patched_consumer else faust_patches.restore)()
     try:
         consumer, fetcher = _draining_consumer(_messages(3), deliver)
-        consumer_box["consumer"] = consumer
         await asyncio.wait_for(consumer._drain_messages(fetcher), 5)
     finally:
         faust_patches.restore()
