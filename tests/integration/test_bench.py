@@ -30,6 +30,9 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     assert {"worker", "kafka", "postgres", "s3", "load generator (bench process)"} <= set(cpu["ms_per_image"])
     assert cpu["ms_per_image"]["worker"] > 0 and cpu["total_ms_per_image"] >= cpu["ms_per_image"]["worker"]
     assert "Where the CPU went" in text
+    # the broker's JIT compiler threads, part of Kafka's share
+    assert 0 <= cpu["kafka_jit_ms_per_image"] <= cpu["ms_per_image"]["kafka"]
+    assert "JIT compiler threads took" in text
     # the median of three passes, and the worker's CPU by thread role (pool threads named at the OS)
     assert len(result["imgstream"]["saturation"]["passes_images_per_s"]) == 3
     # each pass also against a limit measured just before it

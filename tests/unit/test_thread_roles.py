@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.runtime import named_pool
-from tools.bench.cpu import BACKBONE, EVENT_LOOP, OTHER_THREADS, thread_cpu
+from tools.bench.cpu import BACKBONE, EVENT_LOOP, OTHER_THREADS, jit_cpu, thread_cpu
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux /proc")
 
@@ -51,3 +51,19 @@ def test_thread_cpu_counts_the_backbone_apart():
     spent = {k: after[k] - before[k] for k in before}
     assert spent[BACKBONE] >= 0.2
     assert spent[EVENT_LOOP] < 0.2 and spent[OTHER_THREADS] < 0.2
+
+
+def test_jit_cpu_counts_only_compiler_threads():
+    import os
+
+    # HotSpot's compiler threads are "C2 CompilerThread0", which Linux cuts to 15 characters
+    with named_pool(1, "C2 CompilerThread") as jit, named_pool(1, "kafka-request") as work:
+        jit.submit(lambda: None).result()
+        work.submit(lambda: None).result()
+        before = jit_cpu(os.getpid())
+        work.submit(_spin, 0.3).result()
+        mid = jit_cpu(os.getpid())
+        jit.submit(_spin, 0.3).result()
+        after = jit_cpu(os.getpid())
+    assert mid - before < 0.1
+    assert after - mid >= 0.2

@@ -51,14 +51,13 @@ THREAD_GROUPS = ((BACKBONE, ("onnx", "decode")), ("LightGBM (predict* threads)",
 EVENT_LOOP, OTHER_THREADS = "event loop (main thread)", "other threads"
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of one process's live threads, grouped by role (Linux /proc; {} elsewhere)."""
-    out = dict.fromkeys([EVENT_LOOP, *(g for g, _ in THREAD_GROUPS), OTHER_THREADS], 0.0)
+def _threads(pid: int):
+    """(tid, OS thread name, CPU seconds) of each live thread of ``pid`` (Linux /proc; none elsewhere)."""
     tick = os.sysconf("SC_CLK_TCK")
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return {}
+        return
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
@@ -66,13 +65,27 @@ def thread_cpu(pid: int) -> dict[str, float]:
         except OSError:
             continue
         fields = rest.split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-        if int(tid) == pid:
+        yield int(tid), comm, (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of one process's live threads, grouped by role ({} where /proc is missing)."""
+    if not os.path.isdir(f"/proc/{pid}/task"):
+        return {}
+    out = dict.fromkeys([EVENT_LOOP, *(g for g, _ in THREAD_GROUPS), OTHER_THREADS], 0.0)
+    for tid, comm, seconds in _threads(pid):
+        if tid == pid:
             group = EVENT_LOOP
         else:
             group = next((g for g, prefixes in THREAD_GROUPS if comm.startswith(prefixes)), OTHER_THREADS)
         out[group] += seconds
     return out
+
+
+def jit_cpu(pid: int) -> float:
+    """CPU seconds of a JVM's JIT compiler threads (HotSpot's "C1/C2 CompilerThreadN", cut to 15
+    characters by Linux): compiling the service's code, not running it."""
+    return sum(seconds for _, comm, seconds in _threads(pid) if "CompilerThre" in comm)
 
 
 class CpuMeter:
@@ -92,6 +105,7 @@ class CpuMeter:
         self._before = self._read()
         self._machine = psutil.cpu_times()
         self._threads = thread_cpu(self.parts[self.threads_of]) if self.threads_of in self.parts else {}
+        self._jit = jit_cpu(self.parts["kafka"]) if "kafka" in self.parts else None
 
     def _read(self) -> dict[str, float]:
         return {**{k: _cpu_seconds(pid) for k, pid in self.parts.items()}, self.me: _cpu_seconds(os.getpid(), False)}
@@ -105,8 +119,11 @@ class CpuMeter:
         if self._threads:  # threads that ended during the phase are missing from both reads
             after = thread_cpu(self.parts[self.threads_of])
             threads = {k: 1000 * max(0.0, after.get(k, 0.0) - v) / max(images, 1) for k, v in self._threads.items()}
+        jit = {}
+        if self._jit is not None:
+            jit = {"kafka_jit_ms_per_image": 1000 * max(0.0, jit_cpu(self.parts["kafka"]) - self._jit) / max(images, 1)}
         return {"ms_per_image": {k: 1000 * v / max(images, 1) for k, v in used.items()},
-                "threads_ms_per_image": threads,
+                "threads_ms_per_image": threads, **jit,
                 "total_ms_per_image": 1000 * total / max(images, 1),
                 "utilisation": total / (wall * cores) if wall > 0 else float("nan"),
                 "machine_busy": _busy_share(self._machine, psutil.cpu_times()), "cores": cores}

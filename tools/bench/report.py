@@ -75,6 +75,9 @@ def _cpu_budget(sat: dict, lim: dict) -> list[str]:
     for part, v in sorted(cpu["ms_per_image"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {part} | {_f(v, '.2f')} | {_f(100 * v / total, '.0f')} % |")
     lines.append(f"| **all** (cores {_f(100 * cpu['utilisation'], '.0f')} % busy) | **{_f(total, '.2f')}** | 100 % |")
+    if "kafka_jit_ms_per_image" in cpu:
+        lines += ["", f"Of Kafka's share, its JVM's JIT compiler threads took {_f(cpu['kafka_jit_ms_per_image'], '.2f')} "
+                      "CPU ms per image: compiling the broker's code, a cost that fades as the broker warms up."]
     if "machine_busy" in cpu:
         lines += ["", f"The machine as a whole (every process and the kernel) was {_f(100 * cpu['machine_busy'], '.0f')} % "
                       "busy during the phase (target >= 95 %)."]

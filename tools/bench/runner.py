@@ -225,7 +225,9 @@ class Bench:
         (the worker idle meanwhile), so each pass has a ratio to a limit of the same minutes."""
         env = self.env(tag, **bundle_env)
         proc, url = await self.worker(env, f"{tag}-worker", cwd=cwd)
-        await self.saturate(url, images.take(32))  # warm-up: JIT, connections, batch shapes
+        # warm-up: connections, batch shapes, and the broker's JIT, whose compiler threads are busiest
+        # over a fresh broker's first minutes under load (reported as kafka_jit_ms_per_image)
+        await self.saturate(url, images.take(32 if self.quick or passes == 1 else self.n))
         limit_images = images.take(128) if paired_limit else []
         runs, paired = [], []
         for _ in range(passes):
