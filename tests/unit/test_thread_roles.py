@@ -67,3 +67,17 @@ def test_jit_cpu_counts_only_compiler_threads():
         after = jit_cpu(os.getpid())
     assert mid - before < 0.1
     assert after - mid >= 0.2
+
+
+def test_thread_cpu_counts_the_s3_clients_runtime_apart():
+    import os
+
+    # obstore's Rust runtime names its threads "tokio-rt-worker"
+    with named_pool(1, "tokio-rt-worker") as pool:
+        pool.submit(lambda: None).result()
+        before = thread_cpu(os.getpid())
+        pool.submit(_spin, 0.3).result()
+        after = thread_cpu(os.getpid())
+    spent = {k: after[k] - before[k] for k in before}
+    assert spent["S3 client (obstore's tokio-rt-worker threads)"] >= 0.2
+    assert spent[OTHER_THREADS] < 0.2 and spent[BACKBONE] < 0.2

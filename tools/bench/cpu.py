@@ -45,9 +45,11 @@ def local_service_pids(settings: Settings) -> dict[str, int]:
 
 
 # A worker's threads by role, from the OS thread names its pools set (app/runtime.name_os_thread);
-# onnxruntime's intra-op threads inherit their creator's name.
+# onnxruntime's intra-op threads inherit their creator's name, and obstore's Rust runtime names its
+# own. What is left is mostly Faust's Kafka consumer thread (it runs aiokafka on a loop of its own).
 BACKBONE = "backbone (onnx*, decode* threads)"
-THREAD_GROUPS = ((BACKBONE, ("onnx", "decode")), ("LightGBM (predict* threads)", ("predict",)))
+THREAD_GROUPS = ((BACKBONE, ("onnx", "decode")), ("LightGBM (predict* threads)", ("predict",)),
+                 ("S3 client (obstore's tokio-rt-worker threads)", ("tokio",)))
 EVENT_LOOP, OTHER_THREADS = "event loop (main thread)", "other threads"
 
 
