@@ -112,7 +112,8 @@ def _paired_target(sat: dict) -> str:
     paired = sat.get("paired_limits")
     if not paired:
         return ""
-    return f"; against the paired limits {'met' if paired['median_ratio'] >= 0.65 else 'NOT met'}"
+    median = paired["median_ratio"]  # three decimals: a median just under the target rounds to it
+    return f"; against the paired limits, median {median:.3f}: {'met' if median >= 0.65 else 'NOT met'}"
 
 
 def _worker_threads(cpu: dict) -> list[str]:
