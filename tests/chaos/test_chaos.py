@@ -167,10 +167,15 @@ async def test_service_outage_mid_run(stack, sample_images, record, tmp_path, se
     seen_503: dict = {}
     window: list[float] = []
     try:
+        # the clients hold after 60 uploads until the service is down: on a fast machine the rest of
+        # the stream would otherwise be through before the outage began
+        uploader.pause_at(60)
         task = asyncio.create_task(uploader.run(lambda: worker.url))
-        await until_accepted(uploader, task, 60)
+        await uploader.paused(task)
         await asyncio.to_thread(svc.down)
         window.append(time.time())
+        uploader.pause_at(None)
+        uploader.resume()
         await asyncio.sleep(down_for)
         if service == "s3":  # while S3 is down an upload is refused with 503 and a Retry-After
             import aiohttp
