@@ -24,13 +24,12 @@ STREAM = Stream()
 
 
 def _drive(sensor, rounds: int) -> None:
-    stream = STREAM
     table = SimpleNamespace(name="descriptors")
     for i in range(rounds):
         for tp in (TP("images-input-stream", 0), TP("images-input-stream", 1), TP("image-features-stream", 0)):
             message = SimpleNamespace(time_in=None)
             sensor.on_message_in(tp, 10 * i + tp.partition, message)
-            sensor.on_stream_event_in(tp, 10 * i, stream, None)
+            sensor.on_stream_event_in(tp, 10 * i, STREAM, None)
         sensor.on_send_initiated(None, "image-features-stream", None, 36, 120)
         sensor.on_table_get(table, b"k")
         sensor.on_table_set(table, b"k", b"v")

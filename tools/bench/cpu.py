@@ -48,8 +48,8 @@ def local_service_pids(settings: Settings) -> dict[str, int]:
 # onnxruntime's intra-op threads inherit their creator's name, and obstore's Rust runtime names its
 # own. What is left is mostly Faust's Kafka consumer thread (it runs aiokafka on a loop of its own).
 BACKBONE = "backbone (onnx*, decode* threads)"
-THREAD_GROUPS = ((BACKBONE, ("onnx", "decode")), ("LightGBM (predict* threads)", ("predict",)),
-                 ("S3 client (obstore's tokio-rt-worker threads)", ("tokio",)))
+S3_CLIENT = "S3 client (obstore's tokio-rt-worker threads)"
+THREAD_GROUPS = ((BACKBONE, ("onnx", "decode")), ("LightGBM (predict* threads)", ("predict",)), (S3_CLIENT, ("tokio",)))
 EVENT_LOOP, OTHER_THREADS = "event loop (main thread)", "other threads"
 
 

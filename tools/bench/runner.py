@@ -218,16 +218,16 @@ class Bench:
 
     async def pipeline(self, tag: str, bundle_env: dict[str, str], images: Images, levels: bool = True,
                        fractions: tuple[float, ...] = (0.1, 0.5, 0.8), cwd: Path = REPO,
-                       profile_loop: bool = False, passes: int = 1, paired_limit: Path | None = None) -> dict:
-        """One worker: saturation (the median of ``passes`` closed-loop passes, each on its own
-        images; the machine's speed drifts between passes of one run), then open-loop latency.
+                       profile_loop: bool = False, passes: int = 1, paired_limit: Path | None = None,
+                       warm_up: int = 32) -> dict:
+        """One worker: ``warm_up`` images, then saturation (the median of ``passes`` closed-loop
+        passes, each on its own images; the machine's speed drifts between passes of one run),
+        then open-loop latency.
         With ``paired_limit`` (a bundle), the bare limit is measured again right before each pass
         (the worker idle meanwhile), so each pass has a ratio to a limit of the same minutes."""
         env = self.env(tag, **bundle_env)
         proc, url = await self.worker(env, f"{tag}-worker", cwd=cwd)
-        # warm-up: connections, batch shapes, and the broker's JIT, whose compiler threads are busiest
-        # over a fresh broker's first minutes under load (reported as kafka_jit_ms_per_image)
-        await self.saturate(url, images.take(32 if self.quick or passes == 1 else self.n))
+        await self.saturate(url, images.take(warm_up))  # connections, batch shapes, the broker's JIT
         limit_images = images.take(128) if paired_limit else []
         runs, paired = [], []
         for _ in range(passes):
@@ -523,8 +523,10 @@ class Bench:
             self.log(f"   {lim['images_per_s']:.1f} images/s (extractor's configuration "
                      f"{lim['extractor']['images_per_s']:.1f}, onnxruntime defaults {lim['ort_default']['images_per_s']:.1f})")
             self.log("2-4. imgstream: saturation, open-loop latency, sizes")
+            # a full pass of warm-up: a fresh broker's JIT compiler threads are busiest over its first
+            # minutes under load (reported as kafka_jit_ms_per_image)
             self.result["imgstream"] = await self.pipeline("main", {}, images, profile_loop=True, passes=3,
-                                                           paired_limit=path)
+                                                           paired_limit=path, warm_up=32 if self.quick else self.n)
             sat = self.result["imgstream"]["saturation"]["images_per_s"]
             self.log(f"   saturation {sat:.1f} images/s")
             self.log("5a. peer: synchronous HTTP service")
