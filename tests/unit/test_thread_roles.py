@@ -11,7 +11,7 @@ import time
 import pytest
 
 from app.runtime import named_pool
-from tools.bench.cpu import BACKBONE, S3_CLIENT, jit_cpu, thread_cpu
+from tools.bench.cpu import BACKBONE, S3_CLIENT, jit_cpu, per_image_ms, thread_cpu
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux /proc")
 
@@ -69,3 +69,10 @@ def test_jit_cpu_counts_only_compiler_threads():
     assert mid - before < 0.1
     assert after - mid >= 0.2
 
+
+
+def test_per_image_ms_divides_each_group_and_never_goes_below_zero():
+    before = {BACKBONE: 1.0, S3_CLIENT: 0.5}
+    # the S3 client's threads ended between the reads: missing from the second one
+    after = {BACKBONE: 1.6}
+    assert per_image_ms(before, after, 300) == pytest.approx({BACKBONE: 2.0, S3_CLIENT: 0.0})

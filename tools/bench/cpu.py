@@ -84,6 +84,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def per_image_ms(before: dict[str, float], after: dict[str, float], images: int) -> dict[str, float]:
+    """CPU ms per image of each group between two ``thread_cpu`` reads (a thread that ended in
+    between is missing from both reads; a group never goes below zero)."""
+    return {k: 1000 * max(0.0, after.get(k, 0.0) - v) / max(images, 1) for k, v in before.items()}
+
+
 def jit_cpu(pid: int) -> float:
     """CPU seconds of a JVM's JIT compiler threads (HotSpot's "C1/C2 CompilerThreadN", cut to 15
     characters by Linux): compiling the service's code, not running it."""
@@ -118,9 +124,8 @@ class CpuMeter:
         total = sum(used.values())
         cores = os.cpu_count() or 1
         threads = {}
-        if self._threads:  # threads that ended during the phase are missing from both reads
-            after = thread_cpu(self.parts[self.threads_of])
-            threads = {k: 1000 * max(0.0, after.get(k, 0.0) - v) / max(images, 1) for k, v in self._threads.items()}
+        if self._threads:
+            threads = per_image_ms(self._threads, thread_cpu(self.parts[self.threads_of]), images)
         jit = {}
         if self._jit is not None:
             jit = {"kafka_jit_ms_per_image": 1000 * max(0.0, jit_cpu(self.parts["kafka"]) - self._jit) / max(images, 1)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.bench.cpu import BACKBONE
+from tools.bench.cpu import BACKBONE, EVENT_LOOP
 
 
 # The original design's promised per-prediction latency of each classifier.
@@ -134,6 +134,27 @@ def _worker_threads(cpu: dict) -> list[str]:
     return lines
 
 
+def _roles_cpu(by_role: dict[str, dict[str, float]]) -> list[str]:
+    """Each role's CPU per image by thread, one process per role: where the event loop's time goes
+    stage by stage (in the all-roles worker these share one loop)."""
+    if not by_role:
+        return []
+    groups = list(next(iter(by_role.values())))
+    lines = ["Each role in its own worker process over the same saturation (uploads through the front; "
+             "the extractor fetches each image from S3 and decodes it, as a separately deployed one does), "
+             "CPU ms per image by thread:", "",
+             "| role | " + " | ".join(groups) + " | all threads |", "|---|" + "---|" * (len(groups) + 1)]
+    for role, threads in by_role.items():
+        lines.append(f"| `{role}` | " + " | ".join(_f(threads.get(g), ".2f") for g in groups)
+                     + f" | {_f(sum(threads.values()), '.2f')} |")
+    loops = {role: threads.get(EVENT_LOOP, 0.0) for role, threads in by_role.items()}
+    lines += ["", f"Event loops of all roles together: {_f(sum(loops.values()), '.2f')} CPU ms per image "
+                  f"(the HTTP front {_f(loops.get('front'), '.2f')}, the extractor {_f(loops.get('extractor'), '.2f')}, "
+                  f"the three classifiers {_f(sum(v for k, v in loops.items() if k.startswith('classifier')), '.2f')}).",
+              ""]
+    return lines
+
+
 def markdown(r: dict, png_name: str) -> str:
     m, lim, im = r["machine"], r["limit"], r["imgstream"]
     sat = im["saturation"]["images_per_s"]
@@ -257,6 +278,7 @@ def markdown(r: dict, png_name: str) -> str:
     if "sync" in r:
         lines.append(f"| synchronous HTTP peer | {_f(r['sync']['peak_rss_mb'], '.0f')} | - |")
     lines.append("")
+    lines += _roles_cpu(r.get("roles_cpu_ms_per_image", {}))
     if "resnet50_random" in r:
         rr = r["resnet50_random"]
         p = rr["pipeline"]

@@ -38,7 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app import broker, registry
 from tools.bench import load, profile
-from tools.bench.cpu import CpuMeter, local_service_pids
+from tools.bench.cpu import CpuMeter, local_service_pids, per_image_ms, thread_cpu
 from tools.process import Process
 from app.messages import ImageUploaded
 from app.settings import ROLES, Settings
@@ -361,7 +361,9 @@ class Bench:
             self.stop_all()
         return out
 
-    async def roles(self, images: Images) -> dict:
+    async def roles(self, images: Images) -> tuple[dict, dict]:
+        """One worker per role, uploads through the front: each role's peak RSS, and its CPU per
+        image by thread over the saturation (where each stage's event-loop time goes)."""
         env = self.env("roles")
         procs = {}
         urls = []
@@ -369,10 +371,13 @@ class Bench:
             p, url = await self.worker(env, f"role-{role}", roles=role)
             procs[role] = p
             urls.append(url)
-        await self.saturate(urls[0], images.take(self.n // 2))
-        out = {role: p.peak_rss_mb() for role, p in procs.items()}
+        await self.saturate(urls[0], images.take(32))  # connections and batch shapes, as in pipeline()
+        before = {role: thread_cpu(p.pid()) for role, p in procs.items()}
+        sat = await self.saturate(urls[0], images.take(self.n // 2))
+        cpu = {role: per_image_ms(before[role], thread_cpu(p.pid()), sat["images"]) for role, p in procs.items()}
+        rss = {role: p.peak_rss_mb() for role, p in procs.items()}
         self.stop_all()
-        return out
+        return rss, cpu
 
     async def resnet(self, images: Images) -> dict:
         """ResNet50 with RANDOM weights: speed only."""
@@ -536,8 +541,8 @@ class Bench:
             if not self.quick:
                 self.log("6. scaling: 1 vs 2 workers")
                 self.result["scaling"] = await self.scaling(images)
-                self.log("7. peak RSS per role")
-                self.result["roles_rss_mb"] = await self.roles(images)
+                self.log("7. peak RSS and CPU per role")
+                self.result["roles_rss_mb"], self.result["roles_cpu_ms_per_image"] = await self.roles(images)
                 self.log("8. ResNet50 (random weights, speed only)")
                 self.result["resnet50_random"] = await self.resnet(images)
             self.log("11. levers: event loop and S3 client")
