@@ -648,7 +648,9 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> None:
     proc = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"imgstream {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        # the exit status tells a crash at interpreter exit (negative: the signal) from an error
+        raise RuntimeError(f"imgstream {' '.join(args)} failed (exit status {proc.returncode}):\n"
+                           f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
 def save_json(result: dict, path: Path) -> None:
