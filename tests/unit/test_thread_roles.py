@@ -70,7 +70,6 @@ def test_jit_cpu_counts_only_compiler_threads():
     assert after - mid >= 0.2
 
 
-
 def test_per_image_ms_divides_each_group_and_never_goes_below_zero():
     before = {BACKBONE: 1.0, S3_CLIENT: 0.5}
     # the S3 client's threads ended between the reads: missing from the second one
