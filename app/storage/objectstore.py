@@ -24,6 +24,7 @@ from obstore.store import S3Store
 from app.errors import NotFound, ServiceUnavailable
 from app.metrics import DELETE_FAILED
 from app.settings import Settings
+from app.storage import exit_guard
 
 log = logging.getLogger("imgstream.objectstore")
 
@@ -155,6 +156,7 @@ class ObjectStore:
 
 
 def _obstore(settings: Settings) -> S3Store:
+    exit_guard.install()  # its completions and interpreter exit: see the module
     return S3Store(
         settings.s3_bucket, endpoint=settings.s3_endpoint, region=settings.s3_region,
         access_key_id=settings.s3_access_key.get_secret_value(),
