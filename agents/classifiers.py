@@ -1,9 +1,12 @@
 """image-features-stream -> fast / balanced / accurate -> PostgreSQL.
 
-Three agents read the same topic in parallel. Each takes a micro-batch, predicts it with one
-LightGBM call off the event loop, and writes all rows in one transaction and one round trip with
-an idempotent upsert, so a redelivered message never makes a second row. While PostgreSQL is down
-the agent retries the batch and Kafka holds the backlog: nothing accepted is lost.
+The three classifiers read the same topic in parallel: in workers of their own (one role each),
+or, in a worker that runs several, as one agent that runs each of them on every micro-batch (each
+message delivered and decoded once; ``IMGSTREAM_CLASSIFIER_AGENTS=each`` gives each an agent of its
+own instead). An agent takes a micro-batch, predicts it with LightGBM off the event loop (one call
+for all its classifiers), and writes all rows in one transaction and one round trip with an
+idempotent upsert, so a redelivered message never makes a second row. While PostgreSQL is down the
+agent retries the batch and Kafka holds the backlog: nothing accepted is lost.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import faust
@@ -31,15 +35,17 @@ def _dt(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-async def process_batch(runtime: Runtime, name: str, events: list) -> int:
-    """Classify one micro-batch with classifier ``name``; returns rows inserted.
+async def process_batch(runtime: Runtime, names: Sequence[str], events: list) -> int:
+    """Classify one micro-batch with each classifier of ``names``; returns rows inserted.
 
     Descriptors are classified by the bundle that produced them (trace header ``v``), so a worker
-    restarted on a newer bundle still reads older messages correctly.
+    restarted on a newer bundle still reads older messages correctly. Each event is decoded once,
+    whichever classifiers share the batch.
     """
-    stage = f"classifier-{name}"
+    stages = [f"classifier-{name}" for name in names]
     now = time.time()
-    BATCH_SIZE.labels(stage).observe(len(events))
+    for stage in stages:
+        BATCH_SIZE.labels(stage).observe(len(events))
     groups: dict[str, list] = {}
     for event in events:
         try:
@@ -47,29 +53,32 @@ async def process_batch(runtime: Runtime, name: str, events: list) -> int:
             trace = Trace.from_headers(event.headers)
             bundle = await retry_outages(
                 f"loading bundle {trace.bundle_version}", lambda: runtime.classifiers_for(trace.bundle_version),
-                stage=stage)
+                stage=stages[0])
             if desc.shape[0] != bundle.k:
                 raise Unprocessable(f"{desc.shape[0]} descriptors, bundle {bundle.version} expects {bundle.k}",
                                     code="wrong_descriptor_count")
         except (Unprocessable, ModelError) as exc:
             # Each classifier reports what it refused, whichever roles a deployment runs (the
             # dead-letter agent's "mark failed" is idempotent).
-            await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
+            for stage in stages:
+                await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
             continue
-        QUEUE_SECONDS.labels(stage).observe(max(0.0, now - trace.extract_finished_at))
+        waited = max(0.0, now - trace.extract_finished_at)
+        for stage in stages:
+            QUEUE_SECONDS.labels(stage).observe(waited)
         groups.setdefault((bundle.version, trace.shadow), []).append((image_id, desc, trace, bundle))
     inserted = 0
     for (version, shadow), items in groups.items():
-        inserted += await _classify(runtime, name, stage, version, items, shadow)
+        inserted += await _classify(runtime, names, version, items, shadow)
     return inserted
 
 
-async def _classify(runtime: Runtime, name: str, stage: str, version: str, items: list, shadow: bool = False) -> int:
+async def _classify(runtime: Runtime, names: Sequence[str], version: str, items: list, shadow: bool = False) -> int:
     bundle = items[0][3]
     ids = [i[0] for i in items]
     traces = [i[2] for i in items]
     started = time.perf_counter()
-    predictions = await predict_rows(bundle, runtime.predict_pool, name, ids, np.stack([i[1] for i in items]))
+    predictions = await predict_rows(bundle, runtime.predict_pool, names, ids, np.stack([i[1] for i in items]))
     # Every classifier records the image's timeline (the first write wins, later ones change
     # nothing), so it is kept whichever classifier roles a deployment runs. A shadow bundle's
     # rows are stored beside the serving ones, tagged with its version, and never touch the
@@ -80,41 +89,61 @@ async def _classify(runtime: Runtime, name: str, stage: str, version: str, items
         for image_id, t in zip(ids, traces, strict=True)
     ]
     inserted = await retry_outages(
-        f"writing {len(predictions)} {name} predictions",
-        lambda: runtime.db.write_predictions(progress, predictions, first_answer_only=not shadow), stage=stage,
+        f"writing {len(predictions)} {'/'.join(names)} predictions",
+        lambda: runtime.db.write_predictions(progress, predictions, first_answer_only=not shadow),
+        stage=f"classifier-{names[0]}",
     )
     done = time.time()
-    COMPUTE_SECONDS.labels(stage, version).observe(time.perf_counter() - started)
-    for t in ([] if shadow else traces):
-        END_TO_END.labels(name, version).observe(max(0.0, done - t.uploaded_at))
-    MESSAGES.labels(stage, "ok", version).inc(len(ids))
+    compute_s = time.perf_counter() - started
+    for name in names:
+        COMPUTE_SECONDS.labels(f"classifier-{name}", version).observe(compute_s)
+        MESSAGES.labels(f"classifier-{name}", "ok", version).inc(len(ids))
+        if not shadow:
+            histogram = END_TO_END.labels(name, version)
+            for t in traces:
+                histogram.observe(max(0.0, done - t.uploaded_at))
     return inserted
 
 
-async def predict_rows(bundle, pool, name: str, ids: list, x: np.ndarray) -> list[PredictionRow]:
-    """One LightGBM call (off the event loop) for a batch -> rows tagged with the bundle's version.
-    Shared by the classifier agents and ``imgstream replay``."""
+async def predict_rows(bundle, pool, names: Sequence[str], ids: list, x: np.ndarray) -> list[PredictionRow]:
+    """One call off the event loop runs each classifier of ``names`` on a batch -> rows tagged with
+    the bundle's version. Shared by the classifier agents and ``imgstream replay``."""
     version = bundle.version
-    started = time.perf_counter()
-    probs = await asyncio.get_running_loop().run_in_executor(pool, bundle.predict, name, x)
-    predict_s = time.perf_counter() - started
-    PREDICT_SECONDS.labels(name, version).observe(predict_s / len(ids))
-    latency_ms = 1000 * predict_s / len(ids)
-    return [
-        PredictionRow(image_id, name, version, bundle.labels[int(p.argmax())], float(p.max()),
-                      [float(v) for v in p], latency_ms)
-        for image_id, p in zip(ids, probs, strict=True)
-    ]
+
+    def predict() -> list[tuple[str, np.ndarray, float]]:
+        out = []
+        for name in names:
+            started = time.perf_counter()
+            out.append((name, bundle.predict(name, x), time.perf_counter() - started))
+        return out
+
+    rows = []
+    for name, probs, predict_s in await asyncio.get_running_loop().run_in_executor(pool, predict):
+        PREDICT_SECONDS.labels(name, version).observe(predict_s / len(ids))
+        latency_ms = 1000 * predict_s / len(ids)
+        rows += [PredictionRow(image_id, name, version, bundle.labels[int(p.argmax())], float(p.max()),
+                               [float(v) for v in p], latency_ms)
+                 for image_id, p in zip(ids, probs, strict=True)]
+    return rows
 
 
 def register(app: faust.App, runtime: Runtime, names: list[str]) -> None:
+    """One agent for this worker's classifiers (``shared``), or one per classifier (``each``)."""
     settings = runtime.settings
-    for name in names:
-        _register_one(app, runtime, name, settings)
+    if settings.classifier_agents == "shared":
+        _register_agent(app, runtime, names, settings)
+    else:
+        for name in names:
+            _register_agent(app, runtime, [name], settings)
 
 
-def _register_one(app: faust.App, runtime: Runtime, name: str, settings) -> None:
-    stage = f"classifier-{name}"
+def agent_name(names: Sequence[str]) -> str:
+    """``classifier-fast``, or ``classifiers-fast-balanced-accurate`` for a shared agent."""
+    return f"classifier-{names[0]}" if len(names) == 1 else f"classifiers-{'-'.join(names)}"
+
+
+def _register_agent(app: faust.App, runtime: Runtime, names: list[str], settings) -> None:
+    name = agent_name(names)
 
     async def classify(stream):
         await runtime.ready.wait()
@@ -123,9 +152,13 @@ def _register_one(app: faust.App, runtime: Runtime, name: str, settings) -> None
         # and dead-lettered, a batch acked once handled (rows are idempotent, so re-running a
         # batch is safe).
         await handle_batches(stream, settings.classify_batch_size, settings.classify_batch_within, lambda events: run_batch(
-            events, lambda batch: process_batch(runtime, name, batch), stage=stage,
-            on_poison=lambda event, exc: dead_letter.send_poison(runtime, stage, event, exc),
-            attempts=settings.poison_attempts))
+            events, lambda batch: process_batch(runtime, names, batch), stage=name,
+            on_poison=lambda event, exc: _poison(runtime, names, event, exc), attempts=settings.poison_attempts))
 
-    classify.__name__ = classify.__qualname__ = f"classifier_{name}"
-    app.agent(runtime.topics.features, name=f"classifier-{name}")(classify)
+    classify.__name__ = classify.__qualname__ = name.replace("-", "_")
+    app.agent(runtime.topics.features, name=name)(classify)
+
+
+async def _poison(runtime: Runtime, names: Sequence[str], event, exc: BaseException) -> None:
+    for name in names:
+        await dead_letter.send_poison(runtime, f"classifier-{name}", event, exc)

@@ -91,9 +91,8 @@ async def replay(settings: Settings, version: str, names: list[str] | None = Non
                     rows.append(desc)
             if ids:
                 x = np.stack(rows)
-                for name in names:
-                    preds = await predict_rows(bundle, pool, name, ids, x)
-                    counts["rows_inserted"] += await db.write_predictions([], preds)
+                preds = await predict_rows(bundle, pool, names, ids, x)
+                counts["rows_inserted"] += await db.write_predictions([], preds)
             if offsets:
                 await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
                 if advance:

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     """Classifier micro-batch size (one predict call and one DB write per batch)."""
     classify_batch_within: float = Field(0.001, gt=0)
     """Classifier micro-batch wait in seconds, counted from the batch's first event."""
+    classifier_agents: Literal["shared", "each"] = "shared"
+    """``shared``: one agent runs every classifier role of this worker on each micro-batch (one
+    delivery and one decode per message, one off-loop call for the predictions, one write for all
+    rows); ``each``: one agent per classifier, each reading its own copy of every message. Either
+    way every classifier's rows, metrics and dead letters are its own, and a classifier in a worker
+    of its own (a role) is one agent."""
 
     resend_after_s: float = Field(60.0, ge=0)
     """The sweeper (dead-letter role) re-publishes an accepted image of this deployment that has no

@@ -4,6 +4,7 @@ Runtime's boundary): no Kafka, PostgreSQL or S3."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -208,6 +209,28 @@ async def test_classifiers_group_a_batch_by_the_bundle_that_made_its_descriptors
     versions = {image_id: version for image_id, _, version in runtime.db.rows}
     assert versions == {ids[0]: "v1", ids[1]: "v2", ids[2]: "v1", ids[3]: "v2"}
     assert all(r.label in v1.labels for r in runtime.db.rows.values())
+
+
+@pytest.mark.parametrize("mode, agents", [("shared", ["classifiers-fast-balanced-accurate"]),
+                                           ("each", ["classifier-fast", "classifier-balanced", "classifier-accurate"])])
+async def test_co_located_classifiers_share_one_agent_or_run_one_each(mode, agents):
+    s = settings(roles=("classifier-fast", "classifier-balanced", "classifier-accurate"), classify_batch_size=16,
+                 classify_batch_within=0.05, classifier_agents=mode)
+    app = app_for(s)
+    bundle = tiny_bundle("v1", k=4)
+    runtime = InProcessRuntime(app, s, bundle)
+    classifiers.register(app, runtime, ["fast", "balanced", "accurate"])
+    assert sorted(a.name.rsplit(".", 1)[-1] for a in app.agents.values()) == sorted(agents)
+    ids = [uuid.uuid4() for _ in range(3)]
+    events = [descriptor_event(bundle, i, np.full(4, n, np.float32)) for n, i in enumerate(ids)]
+    async with contextlib.AsyncExitStack() as stack:
+        running = [await stack.enter_async_context(_agent(app, name).test_context()) for name in agents]
+        for key, value, headers in events:
+            for agent in running:  # every agent of the worker reads the topic
+                await agent.put(value, key=key, headers=headers, wait=False)
+        await until(lambda: len(runtime.db.rows) == 9, what="three rows per image")
+    assert {(i, c) for i, c, _ in runtime.db.rows} == {(i, c) for i in ids for c in ("fast", "balanced", "accurate")}
+    assert set(runtime.db.progress) == set(ids)
 
 
 async def test_a_descriptor_of_the_wrong_length_is_dead_lettered(classifier_rig):

@@ -1,5 +1,6 @@
-"""What a classifier does must not depend on which other classifier roles a deployment runs: each
-one reports the messages it refuses and records the image's timeline."""
+"""What a classifier does must not depend on which other classifier roles a deployment runs, nor on
+whether they share one agent: each one reports the messages it refuses and records the image's
+timeline."""
 
 from __future__ import annotations
 
@@ -49,20 +50,23 @@ def runtime(monkeypatch):
     rt.predict_pool.shutdown()
 
 
-@pytest.mark.parametrize("name", ["fast", "balanced", "accurate"])
-async def test_every_classifier_dead_letters_what_it_refuses(runtime, name):
+ALONE_OR_SHARED = [["fast"], ["balanced"], ["accurate"], ["fast", "balanced", "accurate"]]
+
+
+@pytest.mark.parametrize("names", ALONE_OR_SHARED)
+async def test_every_classifier_dead_letters_what_it_refuses(runtime, names):
     rt, letters, _ = runtime
-    await classifiers.process_batch(rt, name, [event(b"\x01\x02 not a descriptor message")])
-    assert letters == [(f"classifier-{name}", "malformed_message")]
+    await classifiers.process_batch(rt, names, [event(b"\x01\x02 not a descriptor message")])
+    assert letters == [(f"classifier-{name}", "malformed_message") for name in names]
 
 
-@pytest.mark.parametrize("name", ["fast", "balanced", "accurate"])
-async def test_every_classifier_records_the_timeline(runtime, name):
+@pytest.mark.parametrize("names", ALONE_OR_SHARED)
+async def test_every_classifier_records_the_timeline(runtime, names):
     rt, _, writes = runtime
     image_id = uuid.uuid4()
     trace = Trace("v1", 1.0e9, 1.0e9 + 1, 1.0e9 + 2, False)
-    await classifiers.process_batch(rt, name, [event(encode_descriptors(image_id, np.zeros(K, np.float32)),
-                                                     trace.headers())])
-    (progress, rows), = writes
+    await classifiers.process_batch(rt, names, [event(encode_descriptors(image_id, np.zeros(K, np.float32)),
+                                                      trace.headers())])
+    (progress, rows), = writes  # one write, whichever classifiers share the batch
     assert [p.image_id for p in progress] == [image_id] and progress[0].bundle_version == "v1"
-    assert [(r.image_id, r.classifier) for r in rows] == [(image_id, name)]
+    assert [(r.image_id, r.classifier) for r in rows] == [(image_id, name) for name in names]
