@@ -49,7 +49,8 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     assert lim["extractor"]["parallel_chunks"] >= 1 and lim["cpu_ms_per_image"] > 0
     # the event loop's levers side by side, and py-spy's view of the loop at saturation
     assert list(result["levers"]) == ["asyncio + aioboto3", "uvloop + aioboto3", "asyncio + obstore", "uvloop + obstore",
-                                         "asyncio + obstore, one extractor batch in flight"]
+                                         "asyncio + obstore, one extractor batch in flight",
+                                         "asyncio + obstore, one agent per classifier"]
     assert all(v["images_per_s"] > 0 and v["cpu"]["ms_per_image"]["worker"] > 0 for v in result["levers"].values())
     loop = result["imgstream"]["event_loop_profile"]
     assert 0 < loop["event_loop_busy"] <= 1.05 and loop["top_own"] and "## 12. The event loop" in text

@@ -484,16 +484,19 @@ class Bench:
 
     async def levers(self, images: Images) -> dict:
         """The event loop's levers, each measured at saturation side by side in this run: the
-        event loop implementation, the S3 client of the per-image calls, and the extractor's
-        batches in flight."""
+        event loop implementation, the S3 client of the per-image calls, the extractor's batches
+        in flight, and one agent per classifier against one shared by the three."""
         configs = {"asyncio + aioboto3": {},
                    "uvloop + aioboto3": {"IMGSTREAM_EVENT_LOOP": "uvloop"},
                    "asyncio + obstore": {"IMGSTREAM_S3_DATA_CLIENT": "obstore"},
                    "uvloop + obstore": {"IMGSTREAM_EVENT_LOOP": "uvloop", "IMGSTREAM_S3_DATA_CLIENT": "obstore"},
                    "asyncio + obstore, one extractor batch in flight": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
-                                                                         "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": "1"}}
+                                                                         "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": "1"},
+                   "asyncio + obstore, one agent per classifier": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
+                                                                    "IMGSTREAM_CLASSIFIER_AGENTS": "each"}}
         base = {"IMGSTREAM_EVENT_LOOP": "asyncio", "IMGSTREAM_S3_DATA_CLIENT": "aioboto3",
-                "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": str(self.settings.extract_pipeline_depth)}
+                "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": str(self.settings.extract_pipeline_depth),
+                "IMGSTREAM_CLASSIFIER_AGENTS": self.settings.classifier_agents}
         out = {}
         for i, (name, env) in enumerate(configs.items()):
             proc, url = await self.worker(self.env(f"lever{i}", **{**base, **env}), f"lever{i}")
