@@ -43,6 +43,7 @@ async def process_batch(runtime: Runtime, names: Sequence[str], events: list) ->
     whichever classifiers share the batch.
     """
     stages = [f"classifier-{name}" for name in names]
+    queued = [QUEUE_SECONDS.labels(stage) for stage in stages]
     now = time.time()
     for stage in stages:
         BATCH_SIZE.labels(stage).observe(len(events))
@@ -64,8 +65,8 @@ async def process_batch(runtime: Runtime, names: Sequence[str], events: list) ->
                 await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
             continue
         waited = max(0.0, now - trace.extract_finished_at)
-        for stage in stages:
-            QUEUE_SECONDS.labels(stage).observe(waited)
+        for histogram in queued:
+            histogram.observe(waited)
         groups.setdefault((bundle.version, trace.shadow), []).append((image_id, desc, trace, bundle))
     inserted = 0
     for (version, shadow), items in groups.items():
