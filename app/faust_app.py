@@ -78,11 +78,12 @@ def create_app(settings: Settings) -> ImgstreamApp:
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 4),
         consumer_auto_offset_reset="earliest",
-        # A revoke does not wait for the batches in flight: with three agents on one topic, Faust's
-        # wait_empty waited minutes for messages whose other copies it had just cleared from the
-        # queues (measured in the scale-up chaos test: worst latency 17 s -> 102 s). The new owner
-        # re-processes those batches instead; rows are idempotent and an upload keeps its first
-        # answer (Database.write_predictions).
+        # A revoke does not wait for the batches in flight: with several agents on one topic (one per
+        # classifier, IMGSTREAM_CLASSIFIER_AGENTS=each), Faust's wait_empty waited minutes for
+        # messages whose other copies it had just cleared from the queues (measured in the scale-up
+        # chaos test: worst latency 17 s -> 102 s). The new owner re-processes those batches
+        # instead; rows are idempotent and an upload keeps its first answer
+        # (Database.write_predictions).
         stream_wait_empty=False,
         web_host=settings.web_host,
         web_bind=settings.web_host,
