@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> ImgstreamApp:
         topic_replication_factor=settings.topic_replicas,
         topic_allow_declare=True,
         producer_acks=-1,
+        producer_linger=settings.kafka_linger_s,
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 4),
         consumer_auto_offset_reset="earliest",

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     """Topic of messages that could not be processed, with the reason."""
     kafka_session_timeout: float = Field(15.0, gt=1)
     """Seconds without a heartbeat before Kafka declares a worker dead and moves its partitions."""
+    kafka_linger_s: float = Field(0.002, ge=0)
+    """Seconds the producer lets a batch fill before sending it (Faust's ``producer_linger``).
+    At saturation fewer, larger produce requests save the worker's event loop and the broker CPU
+    (measured side by side: 0 s -> 2 ms, +4 % images/s, lower latency at 80 % load); at light
+    load each produce waits up to this long (+2.7 ms end to end p50 at 10 % load)."""
     app_id: str = "imgstream"
     """Faust application id: the consumer-group prefix and table changelog prefix."""
 

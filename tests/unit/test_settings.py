@@ -38,8 +38,9 @@ def test_a_fresh_state_dir_gets_the_worker_data_dir(tmp_path):
 
     from app.faust_app import create_app
 
-    app = create_app(Settings(state_dir=tmp_path / "var", app_id="fresh"))
+    app = create_app(Settings(state_dir=tmp_path / "var", app_id="fresh", kafka_linger_s=0.005))
     assert Path(app.conf.datadir).parent.is_dir()
+    assert app.conf.producer_linger == 0.005  # every produce goes through Faust's producer
 
 
 def test_front_runs_no_agent_and_keeps_the_group_of_the_agents_beside_it(monkeypatch):
