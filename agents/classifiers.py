@@ -35,6 +35,11 @@ def _dt(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+def stage(name: str) -> str:
+    """A classifier's stage label (metrics, dead letters), whichever agent runs it."""
+    return f"classifier-{name}"
+
+
 async def process_batch(runtime: Runtime, names: Sequence[str], events: list) -> int:
     """Classify one micro-batch with each classifier of ``names``; returns rows inserted.
 
@@ -42,12 +47,12 @@ async def process_batch(runtime: Runtime, names: Sequence[str], events: list) ->
     restarted on a newer bundle still reads older messages correctly. Each event is decoded once,
     whichever classifiers share the batch.
     """
-    stages = [f"classifier-{name}" for name in names]
-    queued = [QUEUE_SECONDS.labels(stage) for stage in stages]
+    stages = [stage(name) for name in names]
+    queued = [QUEUE_SECONDS.labels(s) for s in stages]
     now = time.time()
-    for stage in stages:
-        BATCH_SIZE.labels(stage).observe(len(events))
-    groups: dict[str, list] = {}
+    for s in stages:
+        BATCH_SIZE.labels(s).observe(len(events))
+    groups: dict[tuple[str, bool], list] = {}
     for event in events:
         try:
             image_id, desc = decode_descriptors(event.value)
@@ -61,8 +66,8 @@ async def process_batch(runtime: Runtime, names: Sequence[str], events: list) ->
         except (Unprocessable, ModelError) as exc:
             # Each classifier reports what it refused, whichever roles a deployment runs (the
             # dead-letter agent's "mark failed" is idempotent).
-            for stage in stages:
-                await dead_letter.send(runtime, stage, event, exc, original=bytes(event.value or b"")[:4096])
+            for s in stages:
+                await dead_letter.send(runtime, s, event, exc, original=bytes(event.value or b"")[:4096])
             continue
         waited = max(0.0, now - trace.extract_finished_at)
         for histogram in queued:
@@ -92,13 +97,13 @@ async def _classify(runtime: Runtime, names: Sequence[str], version: str, items:
     inserted = await retry_outages(
         f"writing {len(predictions)} {'/'.join(names)} predictions",
         lambda: runtime.db.write_predictions(progress, predictions, first_answer_only=not shadow),
-        stage=f"classifier-{names[0]}",
+        stage=stage(names[0]),
     )
     done = time.time()
     compute_s = time.perf_counter() - started
     for name in names:
-        COMPUTE_SECONDS.labels(f"classifier-{name}", version).observe(compute_s)
-        MESSAGES.labels(f"classifier-{name}", "ok", version).inc(len(ids))
+        COMPUTE_SECONDS.labels(stage(name), version).observe(compute_s)
+        MESSAGES.labels(stage(name), "ok", version).inc(len(ids))
         if not shadow:
             histogram = END_TO_END.labels(name, version)
             for t in traces:
@@ -140,7 +145,7 @@ def register(app: faust.App, runtime: Runtime, names: list[str]) -> None:
 
 def agent_name(names: Sequence[str]) -> str:
     """``classifier-fast``, or ``classifiers-fast-balanced-accurate`` for a shared agent."""
-    return f"classifier-{names[0]}" if len(names) == 1 else f"classifiers-{'-'.join(names)}"
+    return stage(names[0]) if len(names) == 1 else f"classifiers-{'-'.join(names)}"
 
 
 def _register_agent(app: faust.App, runtime: Runtime, names: list[str], settings) -> None:
@@ -162,4 +167,4 @@ def _register_agent(app: faust.App, runtime: Runtime, names: list[str], settings
 
 async def _poison(runtime: Runtime, names: Sequence[str], event, exc: BaseException) -> None:
     for name in names:
-        await dead_letter.send_poison(runtime, f"classifier-{name}", event, exc)
+        await dead_letter.send_poison(runtime, stage(name), event, exc)

@@ -71,7 +71,8 @@ def test_with_the_guard_it_exits_cleanly(tmp_path):
     assert proc.stdout == "done\n" and proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
 
 
-def test_the_guard_waits_only_for_threads_threading_did_not_start():
+def test_nothing_to_wait_for_here_and_the_guard_applies_only_to_the_versions_it_was_read_in():
+    # (the two tests above show it waiting for obstore's runtime thread)
     assert exit_guard.foreign_threads_in_python() == []
     assert exit_guard.wait_for_foreign_threads(timeout_s=0.1) == []
     assert exit_guard.applies("0.12.1", (3, 11)) and not exit_guard.applies("0.13.0", (3, 11))
