@@ -3,8 +3,9 @@
 The three classifiers read the same topic in parallel: in workers of their own (one role each),
 or, in a worker that runs several, as one agent that runs each of them on every micro-batch (each
 message delivered and decoded once; ``IMGSTREAM_CLASSIFIER_AGENTS=each`` gives each an agent of its
-own instead). An agent takes a micro-batch, predicts it with LightGBM off the event loop (one call
-for all its classifiers), and writes all rows in one transaction and one round trip with an
+own instead). An agent takes a micro-batch, predicts it off the event loop (one call for all its
+classifiers: the LightGBM trees, on onnxruntime unless ``IMGSTREAM_CLASSIFIER_RUNTIME=lightgbm``),
+and writes all rows in one transaction and one round trip with an
 idempotent upsert, so a redelivered message never makes a second row. While PostgreSQL is down the
 agent retries the batch and Kafka holds the backlog: nothing accepted is lost.
 """
@@ -124,12 +125,14 @@ async def predict_rows(bundle, pool, names: Sequence[str], ids: list, x: np.ndar
         return out
 
     rows = []
+    labels = bundle.labels
     for name, probs, predict_s in await asyncio.get_running_loop().run_in_executor(pool, predict):
         PREDICT_SECONDS.labels(name, version).observe(predict_s / len(ids))
         latency_ms = 1000 * predict_s / len(ids)
-        rows += [PredictionRow(image_id, name, version, bundle.labels[int(p.argmax())], float(p.max()),
-                               [float(v) for v in p], latency_ms)
-                 for image_id, p in zip(ids, probs, strict=True)]
+        # whole-array conversions: one call each instead of one per row and probability
+        rows += [PredictionRow(image_id, name, version, labels[best], confidence, p, latency_ms)
+                 for image_id, best, confidence, p in zip(ids, probs.argmax(1).tolist(), probs.max(1).tolist(),
+                                                          probs.tolist(), strict=True)]
     return rows
 
 

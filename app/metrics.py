@@ -29,7 +29,7 @@ COMPUTE_SECONDS = Histogram(
     ["stage", "model_version"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
 )
 PREDICT_SECONDS = Histogram(
-    "imgstream_classifier_predict_seconds", "LightGBM predict time per prediction (batch time / batch size).",
+    "imgstream_classifier_predict_seconds", "Classifier predict time per prediction (batch time / batch size).",
     ["classifier", "model_version"], buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
     registry=REGISTRY,
 )

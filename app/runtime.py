@@ -125,6 +125,14 @@ class Runtime:
         return "extractor" in self.settings.roles
 
     @property
+    def classifier_runtime(self) -> str:
+        """onnxruntime's tree ensembles only where classifier agents run: building them costs a
+        few seconds per bundle, and other roles predict at most a /predict call."""
+        if any(r.startswith("classifier-") for r in self.settings.roles):
+            return self.settings.classifier_runtime
+        return "lightgbm"
+
+    @property
     def bundle(self) -> Bundle:
         if self._bundle is None:
             raise ModelError(self.bundle_error)
@@ -140,7 +148,8 @@ class Runtime:
         if version not in self._other_bundles:
             path = await registry.fetch(self.store, version, self.settings.bundles_dir)
             self._other_bundles[version] = await asyncio.get_running_loop().run_in_executor(
-                self.predict_pool, lambda: Bundle.load(path, extractor=False))
+                self.predict_pool, lambda: Bundle.load(path, extractor=False,
+                                                       classifier_runtime=self.classifier_runtime))
             log.info("loaded classifiers of bundle %s for descriptors it produced", version)
         return self._other_bundles[version]
 
@@ -196,7 +205,8 @@ class Runtime:
             return await asyncio.get_running_loop().run_in_executor(
                 loader, lambda: Bundle.load(path, extractor=extractor, threads=self.settings.worker_ort_threads,
                                             providers=list(self.settings.onnx_providers),
-                                            wide_threads=self.settings.worker_wide_threads))
+                                            wide_threads=self.settings.worker_wide_threads,
+                                            classifier_runtime=self.classifier_runtime))
         finally:
             loader.shutdown(wait=False)
 
@@ -211,6 +221,8 @@ class Runtime:
                 log.info("now serving bundle %s (was %s)", bundle.version, previous.version)
             else:
                 log.info("loaded model bundle %s (%s, k=%d)", bundle.version, bundle.manifest["backbone"], bundle.k)
+            log.info("classifiers of bundle %s: %s", bundle.version,
+                     "; ".join(f"{name} on {c.runtime_note}" for name, c in bundle.classifiers.items()))
         wanted = shadows if self.needs_extractor else ()
         if tuple(b.version for b in self._shadows) != wanted or any(
                 b.backbone_id != self._bundle.backbone_id for b in self._shadows):

@@ -181,6 +181,10 @@ class Settings(BaseSettings):
     """Classifier micro-batch size (one predict call and one DB write per batch)."""
     classify_batch_within: float = Field(0.001, gt=0)
     """Classifier micro-batch wait in seconds, counted from the batch's first event."""
+    classifier_runtime: Literal["onnx", "lightgbm"] = "onnx"
+    """What computes the classifiers' raw scores in a worker with a classifier role: ``onnx``, the
+    same trees as an onnxruntime tree ensemble (checked against LightGBM when the bundle loads; a
+    booster it cannot express, or does not match, stays on LightGBM), or ``lightgbm``."""
     classifier_agents: Literal["shared", "each"] = "shared"
     """``shared``: one agent runs every classifier role of this worker on each micro-batch (one
     delivery and one decode per message, one off-loop call for the predictions, one write for all

@@ -15,7 +15,7 @@ import numpy as np
 
 from models.backbones import BACKBONES, BackboneSpec
 from models.errors import ModelError
-from models.classifier import Classifier
+from models.classifier import Classifier, Runtime
 from models.domain import CLASSIFIERS
 from models.extractor import FeatureExtractor
 from models.reduction import Reducer
@@ -59,14 +59,15 @@ class Bundle:
 
     @classmethod
     def load(cls, path: Path, *, extractor: bool = True, threads: int = 0, providers: list[str] | None = None,
-             wide_threads: int | None = None) -> Bundle:
+             wide_threads: int | None = None, classifier_runtime: Runtime = "onnx") -> Bundle:
         path = Path(path)
         missing = [f for f in FILES if not (path / f).exists() and (extractor or f != "backbone.onnx")]
         if missing:
             raise ModelError(f"bundle {path} is incomplete: missing {', '.join(missing)}")
         manifest = json.loads((path / "manifest.json").read_text())
         clfs = {
-            name: Classifier.load(path, name, manifest["classifiers"][name]["temperature"], manifest["labels"])
+            name: Classifier.load(path, name, manifest["classifiers"][name]["temperature"], manifest["labels"],
+                                  classifier_runtime, manifest.get("descriptor_stats"))
             for name in CLASSIFIERS
         }
         ext = (FeatureExtractor(path / "backbone.onnx", manifest["backbone"], threads, providers, wide_threads=wide_threads)

@@ -2,16 +2,20 @@
 
 ``fast``, ``balanced`` and ``accurate`` differ only in capacity (leaves, rounds). LightGBM's raw
 multiclass scores are divided by a temperature fitted on held-out data (minimum log-loss), so a
-reported confidence of 0.8 is right about 80 % of the time (ECE in docs/MODELS.md).
+reported confidence of 0.8 is right about 80 % of the time (ECE in docs/MODELS.md). A loaded
+classifier may compute its raw scores with the same trees on onnxruntime (``models.trees``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
+
+from models.trees import TreeEnsemble, Unsupported, check_rows
 
 # One entry per name in models.domain.CLASSIFIERS (a test keeps them equal).
 CAPACITY = {
@@ -38,15 +42,25 @@ def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 
 
+Runtime = Literal["onnx", "lightgbm"]
+
+
 @dataclass
 class Classifier:
     name: str
     booster: lgb.Booster
     temperature: float
     labels: list[str]
+    trees: TreeEnsemble | None = None
+    """The booster's trees on onnxruntime, when loaded with ``runtime="onnx"`` and equal to it."""
+    runtime_note: str = "lightgbm"
+    """What computes the raw scores, and why (for the worker's log and the bench)."""
 
     def predict_proba(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
-        raw = self.booster.predict(np.asarray(x, np.float32), raw_score=True, num_threads=threads)
+        if self.trees is not None and threads == 1:
+            raw = self.trees.raw(x)
+        else:
+            raw = self.booster.predict(np.asarray(x, np.float32), raw_score=True, num_threads=threads)
         return softmax(np.asarray(raw, np.float64) / self.temperature)
 
     def save(self, folder: Path) -> str:
@@ -55,8 +69,19 @@ class Classifier:
         return path.name
 
     @classmethod
-    def load(cls, folder: Path, name: str, temperature: float, labels: list[str]) -> Classifier:
-        return cls(name, lgb.Booster(model_file=str(folder / f"{name}.txt")), temperature, labels)
+    def load(cls, folder: Path, name: str, temperature: float, labels: list[str], runtime: Runtime = "onnx",
+             stats: dict | None = None) -> Classifier:
+        """``runtime="onnx"``: serve the trees on onnxruntime once they give LightGBM's raw scores
+        on rows like the training descriptors (``stats``: the manifest's ``descriptor_stats``);
+        a booster they cannot express, or do not match, is served by LightGBM."""
+        clf = cls(name, lgb.Booster(model_file=str(folder / f"{name}.txt")), temperature, labels)
+        if runtime == "onnx":
+            try:
+                clf.trees, diff = TreeEnsemble.from_booster(clf.booster, check_rows(stats, clf.booster.num_feature()))
+                clf.runtime_note = f"onnx (raw scores within {diff:.1g} of LightGBM's)"
+            except Unsupported as exc:
+                clf.runtime_note = f"lightgbm (onnxruntime cannot serve these trees: {exc})"
+        return clf
 
 
 def train(name: str, x: np.ndarray, y: np.ndarray, x_cal: np.ndarray, y_cal: np.ndarray,

@@ -41,11 +41,15 @@ def test_classifiers_save_load_and_predict_probabilities(tmp_path, blobs):
     x, y = blobs
     c = clf.train("balanced", x[:2000], y[:2000], x[2000:], y[2000:], list("abcd"))
     c.save(tmp_path)
-    back = clf.Classifier.load(tmp_path, "balanced", c.temperature, list("abcd"))
+    back = clf.Classifier.load(tmp_path, "balanced", c.temperature, list("abcd"), "lightgbm")
     p = back.predict_proba(x[2000:])
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(p, c.predict_proba(x[2000:]), rtol=1e-6)
     assert metrics.accuracy(y[2000:], p) > 0.8
+    # served on onnxruntime: the same trees, leaf sums in float32
+    on_onnx = clf.Classifier.load(tmp_path, "balanced", c.temperature, list("abcd"))
+    assert on_onnx.trees is not None
+    np.testing.assert_allclose(on_onnx.predict_proba(x[2000:]), p, atol=1e-5)
 
 
 def test_temperature_scaling_fixes_overconfidence():

@@ -375,11 +375,13 @@ def _shadows(sh: dict) -> list[str]:
 
 def _levers(lv: dict) -> list[str]:
     base = next(iter(lv.values()))
-    lines = ["## 11. Levers on the event loop, side by side", "",
+    lines = ["## 11. Levers on the worker, side by side", "",
              "One worker with every role at saturation (closed loop, CIFAR images) per configuration: the event "
              "loop implementation (IMGSTREAM_EVENT_LOOP), the client of the per-image S3 calls "
-             "(IMGSTREAM_S3_DATA_CLIENT), the extractor's batches in flight (IMGSTREAM_EXTRACT_PIPELINE_DEPTH) and "
-             "the classifiers' agents (IMGSTREAM_CLASSIFIER_AGENTS: one shared by the three unless stated).", "",
+             "(IMGSTREAM_S3_DATA_CLIENT), the extractor's batches in flight (IMGSTREAM_EXTRACT_PIPELINE_DEPTH), "
+             "the classifiers' agents (IMGSTREAM_CLASSIFIER_AGENTS: one shared by the three unless stated) and "
+             "what computes their raw scores (IMGSTREAM_CLASSIFIER_RUNTIME: onnxruntime's tree ensembles unless "
+             "stated).", "",
              "| configuration | images/s | ratio | worker CPU ms per image | of which outside the backbone | "
              "whole system CPU ms per image | cores busy |",
              "|---|---|---|---|---|---|---|"]

@@ -485,7 +485,8 @@ class Bench:
     async def levers(self, images: Images) -> dict:
         """The event loop's levers, each measured at saturation side by side in this run: the
         event loop implementation, the S3 client of the per-image calls, the extractor's batches
-        in flight, and one agent per classifier against one shared by the three."""
+        in flight, one agent per classifier against one shared by the three, and the classifiers'
+        raw scores from LightGBM against onnxruntime's tree ensembles."""
         configs = {"asyncio + aioboto3": {},
                    "uvloop + aioboto3": {"IMGSTREAM_EVENT_LOOP": "uvloop"},
                    "asyncio + obstore": {"IMGSTREAM_S3_DATA_CLIENT": "obstore"},
@@ -493,10 +494,13 @@ class Bench:
                    "asyncio + obstore, one extractor batch in flight": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
                                                                          "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": "1"},
                    "asyncio + obstore, one agent per classifier": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
-                                                                    "IMGSTREAM_CLASSIFIER_AGENTS": "each"}}
+                                                                    "IMGSTREAM_CLASSIFIER_AGENTS": "each"},
+                   "asyncio + obstore, classifiers on LightGBM": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
+                                                                   "IMGSTREAM_CLASSIFIER_RUNTIME": "lightgbm"}}
         base = {"IMGSTREAM_EVENT_LOOP": "asyncio", "IMGSTREAM_S3_DATA_CLIENT": "aioboto3",
                 "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": str(self.settings.extract_pipeline_depth),
-                "IMGSTREAM_CLASSIFIER_AGENTS": self.settings.classifier_agents}
+                "IMGSTREAM_CLASSIFIER_AGENTS": self.settings.classifier_agents,
+                "IMGSTREAM_CLASSIFIER_RUNTIME": self.settings.classifier_runtime}
         out = {}
         for i, (name, env) in enumerate(configs.items()):
             proc, url = await self.worker(self.env(f"lever{i}", **{**base, **env}), f"lever{i}")
