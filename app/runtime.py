@@ -125,12 +125,13 @@ class Runtime:
         return "extractor" in self.settings.roles
 
     @property
-    def classifier_runtime(self) -> str:
-        """onnxruntime's tree ensembles only where classifier agents run: building them costs a
-        few seconds per bundle, and other roles predict at most a /predict call."""
-        if any(r.startswith("classifier-") for r in self.settings.roles):
-            return self.settings.classifier_runtime
-        return "lightgbm"
+    def onnx_classifiers(self) -> tuple[str, ...]:
+        """The classifiers this worker serves as tree ensembles on onnxruntime: those it runs an
+        agent for (building one costs memory and a second or so per bundle; other roles predict
+        at most a /predict call, with LightGBM)."""
+        if self.settings.classifier_runtime != "onnx":
+            return ()
+        return tuple(r.removeprefix("classifier-") for r in self.settings.roles if r.startswith("classifier-"))
 
     @property
     def bundle(self) -> Bundle:
@@ -149,7 +150,7 @@ class Runtime:
             path = await registry.fetch(self.store, version, self.settings.bundles_dir)
             self._other_bundles[version] = await asyncio.get_running_loop().run_in_executor(
                 self.predict_pool, lambda: Bundle.load(path, extractor=False,
-                                                       classifier_runtime=self.classifier_runtime))
+                                                       onnx_classifiers=self.onnx_classifiers))
             log.info("loaded classifiers of bundle %s for descriptors it produced", version)
         return self._other_bundles[version]
 
@@ -206,7 +207,7 @@ class Runtime:
                 loader, lambda: Bundle.load(path, extractor=extractor, threads=self.settings.worker_ort_threads,
                                             providers=list(self.settings.onnx_providers),
                                             wide_threads=self.settings.worker_wide_threads,
-                                            classifier_runtime=self.classifier_runtime))
+                                            onnx_classifiers=self.onnx_classifiers))
         finally:
             loader.shutdown(wait=False)
 

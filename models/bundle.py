@@ -8,6 +8,7 @@ per classifier, and ``manifest.json`` (version, backbone, k, data hash, metrics)
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from models.backbones import BACKBONES, BackboneSpec
 from models.errors import ModelError
-from models.classifier import Classifier, Runtime
+from models.classifier import Classifier
 from models.domain import CLASSIFIERS
 from models.extractor import FeatureExtractor
 from models.reduction import Reducer
@@ -59,7 +60,9 @@ class Bundle:
 
     @classmethod
     def load(cls, path: Path, *, extractor: bool = True, threads: int = 0, providers: list[str] | None = None,
-             wide_threads: int | None = None, classifier_runtime: Runtime = "onnx") -> Bundle:
+             wide_threads: int | None = None, onnx_classifiers: Collection[str] = CLASSIFIERS) -> Bundle:
+        """``onnx_classifiers``: the classifiers served as tree ensembles on onnxruntime (built and
+        checked here, a second or so for the accurate one); the others predict with LightGBM."""
         path = Path(path)
         missing = [f for f in FILES if not (path / f).exists() and (extractor or f != "backbone.onnx")]
         if missing:
@@ -67,7 +70,7 @@ class Bundle:
         manifest = json.loads((path / "manifest.json").read_text())
         clfs = {
             name: Classifier.load(path, name, manifest["classifiers"][name]["temperature"], manifest["labels"],
-                                  classifier_runtime, manifest.get("descriptor_stats"))
+                                  "onnx" if name in onnx_classifiers else "lightgbm", manifest.get("descriptor_stats"))
             for name in CLASSIFIERS
         }
         ext = (FeatureExtractor(path / "backbone.onnx", manifest["backbone"], threads, providers, wide_threads=wide_threads)

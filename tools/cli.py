@@ -135,7 +135,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
             from models.reduction import Reducer
 
             parent = _bundle_path(reducer_from)
-            meta = Bundle.load(parent, extractor=False).manifest
+            meta = Bundle.load(parent, extractor=False, onnx_classifiers=()).manifest
             backbone, onnx, k, reducer = meta["backbone"], parent / "backbone.onnx", meta["k"], Reducer.load(
                 parent / "reducer.npz")
         onnx = onnx or _onnx_path(backbone)

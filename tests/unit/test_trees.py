@@ -48,7 +48,7 @@ def _on_rounded_thresholds(booster: lgb.Booster, seed: int = 1) -> np.ndarray:
 
 def test_raw_scores_equal_lightgbm_on_random_rows_and_on_rounded_thresholds():
     booster = _booster()
-    ensemble = TreeEnsemble(to_onnx(booster))
+    ensemble = TreeEnsemble(to_onnx(booster.model_to_string()))
     for x in (np.random.default_rng(2).standard_normal((500, 6)).astype(np.float32),
               _on_rounded_thresholds(booster)):
         np.testing.assert_allclose(ensemble.raw(x), booster.predict(x, raw_score=True), atol=1e-5)
@@ -57,9 +57,9 @@ def test_raw_scores_equal_lightgbm_on_random_rows_and_on_rounded_thresholds():
 def test_nearest_rounding_would_route_rows_differently(monkeypatch):
     """The rows above do tell the two roundings apart (so the test before can fail)."""
     booster = _booster()
-    monkeypatch.setattr(trees, "_threshold_down", lambda t: float(np.float32(t)))
+    monkeypatch.setattr(trees, "_thresholds_down", lambda t: t.astype(np.float32))
     x = _on_rounded_thresholds(booster)
-    diff = np.abs(TreeEnsemble(to_onnx(booster)).raw(x) - booster.predict(x, raw_score=True)).max()
+    diff = np.abs(TreeEnsemble(to_onnx(booster.model_to_string())).raw(x) - booster.predict(x, raw_score=True)).max()
     assert diff > trees.TOLERANCE
 
 
@@ -68,13 +68,13 @@ def test_missing_values_go_where_lightgbm_sends_them():
     x = np.random.default_rng(3).standard_normal((200, 6)).astype(np.float32)
     x[::3, 0] = np.nan
     x[1::4, 2] = np.nan
-    np.testing.assert_allclose(TreeEnsemble(to_onnx(booster)).raw(x), booster.predict(x, raw_score=True), atol=1e-5)
+    np.testing.assert_allclose(TreeEnsemble(to_onnx(booster.model_to_string())).raw(x), booster.predict(x, raw_score=True), atol=1e-5)
 
 
 def test_a_categorical_split_is_refused_and_the_classifier_stays_on_lightgbm(tmp_path):
     booster = _booster(categorical=True)
     with pytest.raises(Unsupported, match="categorical"):
-        to_onnx(booster)
+        to_onnx(booster.model_to_string())
     booster.save_model(str(tmp_path / "fast.txt"))
     clf = Classifier.load(tmp_path, "fast", 1.0, ["a", "b", "c"], "onnx")
     assert clf.trees is None and clf.runtime_note.startswith("lightgbm (onnxruntime cannot serve")
@@ -95,19 +95,19 @@ def test_a_mismatch_beyond_the_tolerance_is_refused(monkeypatch):
     booster = _booster()
     monkeypatch.setattr(trees, "TOLERANCE", 0.0)  # float32 leaf sums never match doubles exactly
     with pytest.raises(Unsupported, match="differ"):
-        TreeEnsemble.from_booster(booster, check_rows(None, 6))
+        TreeEnsemble.from_booster(booster, booster.model_to_string(), check_rows(None, 6))
 
 
-def test_only_a_worker_with_a_classifier_role_builds_tree_ensembles():
+def test_a_worker_builds_tree_ensembles_only_for_the_classifiers_it_runs():
     from types import SimpleNamespace
 
     from app.runtime import Runtime
     from app.settings import Settings
 
-    def runtime_for(**kw) -> str:
-        return Runtime.classifier_runtime.fget(SimpleNamespace(settings=Settings(**kw)))
+    def onnx_for(**kw) -> tuple[str, ...]:
+        return Runtime.onnx_classifiers.fget(SimpleNamespace(settings=Settings(**kw)))
 
-    assert runtime_for(roles="front,extractor") == "lightgbm"
-    assert runtime_for(roles="classifier-accurate") == "onnx"
-    assert runtime_for(roles="all") == "onnx"
-    assert runtime_for(roles="all", classifier_runtime="lightgbm") == "lightgbm"
+    assert onnx_for(roles="front,extractor") == ()
+    assert onnx_for(roles="classifier-accurate") == ("accurate",)
+    assert onnx_for(roles="all") == ("fast", "balanced", "accurate")
+    assert onnx_for(roles="all", classifier_runtime="lightgbm") == ()

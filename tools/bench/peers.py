@@ -31,13 +31,14 @@ from models.bundle import Bundle
 from models.preprocess import preprocess, probe
 
 
-async def _load(settings: Settings, threads: int, wide_threads: int | None = None) -> tuple[Bundle, ObjectStore, Database]:
+async def _load(settings: Settings, threads: int, wide_threads: int | None = None,
+                onnx_classifiers: tuple[str, ...] = ()) -> tuple[Bundle, ObjectStore, Database]:
     store = ObjectStore(settings)
     await store.start()
     path = await registry.fetch(store, settings.bundle_version, settings.bundles_dir)
     db = Database(settings)
     await db.start()
-    return Bundle.load(path, threads=threads, wide_threads=wide_threads), store, db
+    return Bundle.load(path, threads=threads, wide_threads=wide_threads, onnx_classifiers=onnx_classifiers), store, db
 
 
 def _rows(bundle: Bundle, image_id, x, names, version, latency_ms) -> list[PredictionRow]:
@@ -52,7 +53,8 @@ def _rows(bundle: Bundle, image_id, x, names, version, latency_ms) -> list[Predi
 async def sync_server(settings: Settings, port: int) -> None:
     # the same ONNX configuration as imgstream's extractor: that many requests computed at once,
     # each on one core; a request alone in flight gets every core (the wide session)
-    bundle, store, db = await _load(settings, settings.worker_ort_threads, settings.worker_wide_threads)
+    bundle, store, db = await _load(settings, settings.worker_ort_threads, settings.worker_wide_threads,
+                                    CLASSIFIERS if settings.classifier_runtime == "onnx" else ())
     pool = ThreadPoolExecutor(settings.onnx_parallel)
     version = f"sync-{bundle.version}"
     in_flight = 0
@@ -93,7 +95,8 @@ async def sync_server(settings: Settings, port: int) -> None:
 async def before_classifier(settings: Settings, topic: str, name: str, tag: str, batch: int) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    # each classifier service as the original design had it: its own backbone on every core
+    # each classifier service as the original design had it: its own backbone on every core, its
+    # classifier on LightGBM
     bundle, store, db = await _load(settings, settings.ort_threads)
     pool = ThreadPoolExecutor(1)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{tag}-{name}",
