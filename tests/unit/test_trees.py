@@ -80,6 +80,16 @@ def test_a_categorical_split_is_refused_and_the_classifier_stays_on_lightgbm(tmp
     assert clf.trees is None and clf.runtime_note.startswith("lightgbm (onnxruntime cannot serve")
 
 
+def test_a_random_forest_is_refused():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 4)).astype(np.float32)
+    params = {"objective": "multiclass", "num_class": 2, "boosting": "rf", "bagging_freq": 1,
+              "bagging_fraction": 0.7, "num_leaves": 5, "verbosity": -1}
+    forest = lgb.train(params, lgb.Dataset(x, (x[:, 0] > 0).astype(int)), 5)
+    with pytest.raises(Unsupported, match="averaged"):
+        to_onnx(forest.model_to_string())
+
+
 def test_a_loaded_classifier_predicts_the_same_probabilities_on_either_runtime(tmp_path):
     booster = _booster()
     booster.save_model(str(tmp_path / "fast.txt"))
