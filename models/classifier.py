@@ -42,7 +42,8 @@ def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 
 
-Runtime = Literal["onnx", "lightgbm"]
+# What computes a classifier's raw scores (not app.runtime.Runtime, the worker's services)
+TreeRuntime = Literal["onnx", "lightgbm"]
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Classifier:
         return path.name
 
     @classmethod
-    def load(cls, folder: Path, name: str, temperature: float, labels: list[str], runtime: Runtime = "onnx",
+    def load(cls, folder: Path, name: str, temperature: float, labels: list[str], runtime: TreeRuntime = "onnx",
              stats: dict | None = None) -> Classifier:
         """``runtime="onnx"``: serve the trees on onnxruntime once they give LightGBM's raw scores
         on rows like the training descriptors (``stats``: the manifest's ``descriptor_stats``);
