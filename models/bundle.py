@@ -60,9 +60,10 @@ class Bundle:
 
     @classmethod
     def load(cls, path: Path, *, extractor: bool = True, threads: int = 0, providers: list[str] | None = None,
-             wide_threads: int | None = None, onnx_classifiers: Collection[str] = CLASSIFIERS) -> Bundle:
+             wide_threads: int | None = None, onnx_classifiers: Collection[str] = ()) -> Bundle:
         """``onnx_classifiers``: the classifiers served as tree ensembles on onnxruntime (built and
-        checked here, a second or so for the accurate one); the others predict with LightGBM."""
+        checked here, a second or so for the accurate one; ``CLASSIFIERS`` where a bundle is served
+        or scored); the others predict with LightGBM."""
         path = Path(path)
         missing = [f for f in FILES if not (path / f).exists() and (extractor or f != "backbone.onnx")]
         if missing:

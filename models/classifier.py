@@ -75,12 +75,11 @@ class Classifier:
         """``runtime="onnx"``: serve the trees on onnxruntime once they give LightGBM's raw scores
         on rows like the training descriptors (``stats``: the manifest's ``descriptor_stats``);
         a booster they cannot express, or do not match, is served by LightGBM."""
-        path = folder / f"{name}.txt"
-        clf = cls(name, lgb.Booster(model_file=str(path)), temperature, labels)
+        text = (folder / f"{name}.txt").read_text()  # read once: the booster and the ensemble
+        clf = cls(name, lgb.Booster(model_str=text), temperature, labels)
         if runtime == "onnx":
             try:
-                clf.trees, diff = TreeEnsemble.from_booster(clf.booster, path.read_text(),
-                                                            check_rows(stats, clf.booster.num_feature()))
+                clf.trees, diff = TreeEnsemble.from_booster(clf.booster, text, check_rows(stats, clf.booster.num_feature()))
                 clf.runtime_note = f"onnx (raw scores within {diff:.1g} of LightGBM's)"
             except Unsupported as exc:
                 clf.runtime_note = f"lightgbm (onnxruntime cannot serve these trees: {exc})"

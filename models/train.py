@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, out_root: Path, progress=None, log=print) -> tuple[P
         "train_seconds": round(time.time() - t0, 1),
     }
     write_manifest(path, manifest)
-    Bundle.load(path)  # refuse to publish a bundle that does not load
+    Bundle.load(path, onnx_classifiers=CLASSIFIERS)  # refuse to publish a bundle that does not load
     return path, manifest
 
 

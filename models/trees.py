@@ -39,7 +39,6 @@ def _thresholds_down(t: np.ndarray) -> np.ndarray:
     return t32
 
 
-_MISSING = {0: "None", 1: "Zero", 2: "NaN"}  # LightGBM's decision_type bits 2-3
 
 
 def _trees(model: str):
@@ -69,6 +68,27 @@ def _doubles(tree: dict, key: str) -> np.ndarray:
     return np.array(tree[key].split(), np.float64)
 
 
+_NO_SPLIT = {"featureids": np.zeros(0, np.int64), "values": np.zeros(0, np.float32),
+             "truenodeids": np.zeros(0, np.int64), "falsenodeids": np.zeros(0, np.int64),
+             "missing_value_tracks_true": np.zeros(0, np.int64)}
+
+
+def _split_columns(tree: dict, inner: int) -> dict[str, np.ndarray]:
+    """The internal nodes' columns of one tree (``_NO_SPLIT``'s keys)."""
+    kind = _ints(tree, "decision_type")
+    if (kind & 1).any():
+        raise Unsupported("categorical splits")
+    missing = (kind >> 2) & 3  # 0: None, 1: Zero, 2: NaN
+    if (missing == 1).any():
+        raise Unsupported("zero-as-missing splits")
+    threshold = _doubles(tree, "threshold")
+    # NaN: LightGBM reads it as 0.0 (missing type None), or sends it the default way (NaN)
+    nan_left = np.where(missing == 2, (kind & 2) > 0, 0.0 <= threshold)
+    left, right = (np.where(c >= 0, c, inner + ~c) for c in (_ints(tree, "left_child"), _ints(tree, "right_child")))
+    return {"featureids": _ints(tree, "split_feature"), "values": _thresholds_down(threshold),
+            "truenodeids": left, "falsenodeids": right, "missing_value_tracks_true": nan_left.astype(np.int64)}
+
+
 def to_onnx(model: str) -> bytes:
     """A LightGBM text model's raw scores as a serialized ONNX model: input ``x`` (N, features)
     float32, output ``raw`` (N, trees per iteration) float32."""
@@ -88,26 +108,9 @@ def to_onnx(model: str) -> bytes:
             raise Unsupported("linear trees")
         leaves = _doubles(tree, "leaf_value")
         inner = len(leaves) - 1  # internal nodes are 0 .. inner-1, leaf j is node inner + j
-        if inner:
-            kind = _ints(tree, "decision_type")
-            if (kind & 1).any():
-                raise Unsupported("categorical splits")
-            missing = (kind >> 2) & 3
-            if (missing == 1).any() or (missing > 2).any():
-                raise Unsupported(f"missing type {_MISSING.get(int(missing.max()), int(missing.max()))!r}")
-            threshold = _doubles(tree, "threshold")
-            # NaN: LightGBM reads it as 0.0 (missing type None), or sends it the default way (NaN)
-            nan_left = np.where(missing == 2, (kind & 2) > 0, 0.0 <= threshold)
-            children = [np.where(c >= 0, c, inner + ~c) for c in (_ints(tree, "left_child"), _ints(tree, "right_child"))]
-            parts["featureids"] += [_ints(tree, "split_feature"), np.zeros(len(leaves), np.int64)]
-            parts["values"] += [_thresholds_down(threshold), np.zeros(len(leaves), np.float32)]
-            parts["truenodeids"] += [children[0], np.zeros(len(leaves), np.int64)]
-            parts["falsenodeids"] += [children[1], np.zeros(len(leaves), np.int64)]
-            parts["missing_value_tracks_true"] += [nan_left.astype(np.int64), np.zeros(len(leaves), np.int64)]
-        else:
-            for k, dtype in (("featureids", np.int64), ("values", np.float32), ("truenodeids", np.int64),
-                             ("falsenodeids", np.int64), ("missing_value_tracks_true", np.int64)):
-                parts[k].append(np.zeros(1, dtype))
+        split = _split_columns(tree, inner) if inner else _NO_SPLIT
+        for key, column in split.items():  # leaves hold zeros in the split columns
+            parts[key] += [column, np.zeros(len(leaves), column.dtype)]
         parts["modes"].append(np.array([b"BRANCH_LEQ"] * inner + [b"LEAF"] * len(leaves), object))
         parts["treeids"].append(np.full(inner + len(leaves), tree_id, np.int64))
         parts["nodeids"].append(np.arange(inner + len(leaves), dtype=np.int64))

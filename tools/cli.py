@@ -135,7 +135,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
             from models.reduction import Reducer
 
             parent = _bundle_path(reducer_from)
-            meta = Bundle.load(parent, extractor=False, onnx_classifiers=()).manifest
+            meta = Bundle.load(parent, extractor=False).manifest
             backbone, onnx, k, reducer = meta["backbone"], parent / "backbone.onnx", meta["k"], Reducer.load(
                 parent / "reducer.npz")
         onnx = onnx or _onnx_path(backbone)
@@ -169,8 +169,10 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         """Evaluate a bundle and print JSON: top-1, macro-F1, ECE (15 bins), p50/p99 latency per classifier."""
         from models import train as training
         from models.bundle import Bundle
+        from models.domain import CLASSIFIERS
 
-        loaded = Bundle.load(_bundle_path(bundle), threads=get_settings().ort_threads)
+        # scored as served: each classifier on its tree ensemble
+        loaded = Bundle.load(_bundle_path(bundle), threads=get_settings().ort_threads, onnx_classifiers=CLASSIFIERS)
         with _progress() as progress:
             result = training.evaluate(loaded, data, limit_per_class, _task_factory(progress, "evaluate"))
         print(training.dumps(result))

@@ -183,10 +183,9 @@ class Bench:
         intra-op threads) and onnxruntime's defaults (every core on one whole batch). The
         single-image latency is always the extractor's configuration."""
         s = self.settings
-        ext = self.limit(Bundle.load(path, threads=s.worker_ort_threads, wide_threads=s.worker_wide_threads,
-                                      onnx_classifiers=()), images,
+        ext = self.limit(Bundle.load(path, threads=s.worker_ort_threads, wide_threads=s.worker_wide_threads), images,
                          s.extract_batch_size, s.onnx_parallel)
-        dflt = self.limit(Bundle.load(path, threads=0, onnx_classifiers=()), images, s.extract_batch_size, 1)
+        dflt = self.limit(Bundle.load(path, threads=0), images, s.extract_batch_size, 1)
         best = max((ext, dflt), key=lambda lim: lim["images_per_s"])
         return {"images_per_s": best["images_per_s"], "basis": "extractor" if best is ext else "ort_default",
                 "batch": s.extract_batch_size, "cpu_ms_per_image": best["cpu_ms_per_image"],
@@ -392,7 +391,7 @@ class Bench:
         s = Settings(s3_bucket=bucket)
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, "latest", s.bundles_dir)
-        bundle = Bundle.load(path, extractor=False, onnx_classifiers=())
+        bundle = Bundle.load(path, extractor=False)
         env["IMGSTREAM_BUNDLE_VERSION"] = bundle.version  # never the EfficientNet bundle pinned for the run
         lim = self.limits(path, images.take(128))
         saved_n, self.n = self.n, 160
@@ -417,7 +416,7 @@ class Bench:
         bucket = f"{self.settings.s3_bucket}-bench-shadows"
         env = {"IMGSTREAM_S3_BUCKET": bucket}
         _cli("models", "publish", str(path), env=env)
-        serving = Bundle.load(path, extractor=False, onnx_classifiers=()).version
+        serving = Bundle.load(path, extractor=False).version
         shadows = []
         for k in (10, 50):
             _cli("models", "train", "--data", str(self.source), "--limit-per-class", "300", "--no-sweep",
@@ -449,7 +448,7 @@ class Bench:
         from tools.bench.photos import SIZES, Photos
 
         s = self.settings
-        bundle = Bundle.load(path, threads=s.worker_ort_threads, wide_threads=s.worker_wide_threads, onnx_classifiers=())
+        bundle = Bundle.load(path, threads=s.worker_ort_threads, wide_threads=s.worker_wide_threads)
         worktree = self._baseline_worktree() if self.baseline else None
         saved_n, self.n = self.n, 48 if self.quick else 240
         out: dict = {"sizes": {}, "baseline": self.baseline}
@@ -530,7 +529,7 @@ class Bench:
         images = Images(self.source, 6000 if self.quick else 30000)
         async with ObjectStore(s) as store:
             path = await registry.fetch(store, s.bundle_version, s.bundles_dir)
-        bundle = Bundle.load(path, extractor=False, onnx_classifiers=())
+        bundle = Bundle.load(path, extractor=False)
         self.result["bundle"] = {"version": bundle.version, "backbone": bundle.manifest["backbone"], "k": bundle.k}
         try:
             self.log("1. the limit: bare onnxruntime")
