@@ -30,6 +30,20 @@ def _apt_install(package: str) -> None:
     _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], f"installing {package}", env=env)
 
 
+def kafka_cluster_id(new_uuid=uuid.uuid4) -> str:
+    """A random KRaft cluster id, as Kafka's own ``Uuid.randomUuid`` makes it.
+
+    The id is a UUID in URL-safe base64, whose alphabet includes '-'. One id
+    in 64 starts with it, and the storage tool's argument parser then reads
+    the id as an option ("--cluster-id: expected one argument"). Kafka draws
+    again in that case; so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(new_uuid().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _health(coro_fn) -> str | None:
     """Run an async health check; None when healthy, else the reason."""
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # polling a starting broker is noisy
@@ -150,8 +164,7 @@ class Kafka(Service):
             "log4j.logger.state.change.logger=WARN\nlog4j.logger.kafka.request.logger=WARN\n"
         )
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            _run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+            _run(self._java("kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c", str(props)),
                  "formatting Kafka storage")
         return props
 
