@@ -5,14 +5,17 @@ created at import time. Any S3 works (versitygw, MinIO, SeaweedFS, AWS) by ``IMG
 
 With ``IMGSTREAM_S3_DATA_CLIENT=obstore`` the per-image calls (put and get of raw images) go
 through obstore (Rust's object_store: request signing and I/O on its own threads, off the event
-loop) and aioboto3 keeps everything else (buckets, listings, bundles, health).
+loop) and aioboto3 keeps everything else (buckets, listings, bundles, health). obstore's puts sign
+their body only where nothing else guards it in transit (``signs_payload``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+from urllib.parse import urlsplit
 
 import aioboto3
 import obstore
@@ -161,7 +164,25 @@ def _obstore(settings: Settings) -> S3Store:
         settings.s3_bucket, endpoint=settings.s3_endpoint, region=settings.s3_region,
         access_key_id=settings.s3_access_key.get_secret_value(),
         secret_access_key=settings.s3_secret_key.get_secret_value(), virtual_hosted_style_request=False,
+        unsigned_payload=not signs_payload(settings.s3_endpoint, settings.s3_payload_signing),
         client_options={"allow_http": settings.s3_endpoint.startswith("http://"), "connect_timeout": "3s",
                         "timeout": "10s"},
         retry_config={"max_retries": 1},
     )
+
+
+def signs_payload(endpoint: str, mode: str) -> bool:
+    """Whether a put signs its body (``IMGSTREAM_S3_PAYLOAD_SIGNING``): ``auto`` signs only over
+    plain HTTP to a host that is not this one, where nothing else guards the body in transit."""
+    if mode != "auto":
+        return mode == "signed"
+    url = urlsplit(endpoint)
+    if url.scheme == "https":
+        return False
+    host = url.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: another machine as far as we can tell
+        return True

@@ -72,4 +72,9 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     assert photos["sizes"]["4032x3024"]["mean_bytes"] > 1_000_000
     assert "does not fit Kafka" in photos["sizes"]["4032x3024"]["before"]["skipped"]
     assert photos["sizes"]["640x480"]["before"]["images"] == 24
+    # the payload-signing lever on the largest photo, its own worker with every body signed
+    assert photos["signing"] == "auto" and photos["signs"] is False  # the local S3 is on loopback
+    assert [n for n, r in photos["sizes"].items() if "signed" in r] == ["4032x3024"]
+    assert photos["sizes"]["4032x3024"]["signed"]["saturation"]["images"] == 48
+    assert "| signed |" in text
     assert "## 10. Photos" in text and "Baseline: the same phase run by workers checked out at `HEAD" in text

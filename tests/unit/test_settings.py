@@ -49,3 +49,19 @@ def test_front_runs_no_agent_and_keeps_the_group_of_the_agents_beside_it(monkeyp
     assert Settings(roles=",".join(r for r in ROLES if r != "front")).group_id == every.app_id
     assert Settings(roles="front").group_id == f"{every.app_id}-front"
     assert Settings(roles="front,extractor").group_id == f"{every.app_id}-extractor"
+
+
+@pytest.mark.parametrize(("endpoint", "mode", "signed"), [
+    ("http://127.0.0.1:7070", "auto", False),
+    ("http://localhost:9000", "auto", False),
+    ("http://[::1]:9000", "auto", False),
+    ("https://s3.amazonaws.com", "auto", False),
+    ("http://minio:9000", "auto", True),
+    ("http://10.0.0.7:9000", "auto", True),
+    ("http://127.0.0.1:7070", "signed", True),
+    ("https://s3.amazonaws.com", "signed", True),
+    ("http://minio:9000", "unsigned", False),
+])
+def test_puts_sign_their_body_only_where_nothing_else_guards_it(endpoint, mode, signed):
+    from app.storage.objectstore import signs_payload
+    assert signs_payload(endpoint, mode) is signed

@@ -352,7 +352,24 @@ def _photos(ph: dict) -> list[str]:
         if base:
             speed = row["imgstream"]["saturation"]["images_per_s"] / row["baseline"]["saturation"]["images_per_s"]
             lines[-1] += f" Throughput {_f(speed, '.2f')}x the baseline's (target >= 5x: {'met' if speed >= 5 else 'NOT met'})."
+        if "signed" in row:
+            lines += ["", *_signing(ph["signing"], ph["signs"], row["imgstream"]["saturation"],
+                                    row["signed"]["saturation"])]
     return lines + [""]
+
+
+def _signing(mode: str, signs: bool, configured: dict, signed: dict) -> list[str]:
+    """The photo phase's puts as configured against the same worker with every body signed."""
+    def cells(name: str, sat: dict) -> str:
+        ms = sat["cpu"]["ms_per_image"]
+        return (f"| {name} | {_f(sat['images_per_s'])} | {_f(sat['cpu']['total_ms_per_image'])} | "
+                f"{_f(ms.get('worker'))} | {_f(ms.get('s3'))} |")
+    return [f"4032x3024 at saturation in this run, each put's body signed (SigV4's SHA-256 of the body, computed by "
+            f"obstore and checked by the S3 server) against the run's setting (IMGSTREAM_S3_PAYLOAD_SIGNING={mode}: "
+            f"{'signed' if signs else 'unsigned'} on this endpoint):", "",
+            "| puts | images/s | whole system CPU ms per image | worker | S3 server |", "|---|---|---|---|---|",
+            cells(f"as configured ({mode})", configured), cells("signed", signed),
+            "", f"Signed: {_f(signed['images_per_s'] / configured['images_per_s'], '.2f')}x the throughput."]
 
 
 def _shadows(sh: dict) -> list[str]:

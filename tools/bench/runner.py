@@ -444,14 +444,17 @@ class Bench:
     async def photos(self, path: Path) -> dict:
         """Each photo size: the bare limit (the extractor's configuration), imgstream at saturation
         and at 10 % of it, the synchronous peer, the 'before' design where Kafka can carry the
-        photo, and with a baseline ref the same pipeline phase run by that ref's workers."""
+        photo, and with a baseline ref the same pipeline phase run by that ref's workers; on the
+        largest photo, imgstream again with each put's body signed (the payload-signing lever)."""
+        from app.storage.objectstore import signs_payload
         from tools.bench.photos import SIZES, Photos
 
         s = self.settings
         bundle = Bundle.load(path, threads=s.worker_ort_threads, wide_threads=s.worker_wide_threads)
         worktree = self._baseline_worktree() if self.baseline else None
         saved_n, self.n = self.n, 48 if self.quick else 240
-        out: dict = {"sizes": {}, "baseline": self.baseline}
+        out: dict = {"sizes": {}, "baseline": self.baseline, "signing": s.s3_payload_signing,
+                     "signs": signs_payload(s.s3_endpoint, s.s3_payload_signing)}
         try:
             for w, h in SIZES:
                 name = f"{w}x{h}"
@@ -463,6 +466,11 @@ class Bench:
                 row["imgstream"] = await self.pipeline(f"photo-{name}", {}, photos, fractions=(0.1,))
                 sat = row["imgstream"]["saturation"]["images_per_s"]
                 self.log(f"   {name}: limit {row['limit']['images_per_s']:.1f}, imgstream {sat:.1f} images/s")
+                if (w, h) == SIZES[-1]:  # what signing the body costs shows on the largest photo
+                    row["signed"] = await self.pipeline(f"photo-{name}-signed",
+                                                        {"IMGSTREAM_S3_PAYLOAD_SIGNING": "signed"}, photos,
+                                                        levels=False)
+                    self.log(f"   {name}: body signed: {row['signed']['saturation']['images_per_s']:.1f} images/s")
                 if worktree is not None:
                     row["baseline"] = await self.pipeline(f"photo-{name}-base", {}, photos, fractions=(0.1,),
                                                           cwd=worktree)
