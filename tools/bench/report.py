@@ -299,14 +299,14 @@ def markdown(r: dict, png_name: str) -> str:
     elif r["quick"]:
         lines += ["## 6-8.", "", "Scaling, per-role memory and ResNet50 are measured by the full `imgstream bench`, "
                   "not by `--quick`.", ""]
-    if im.get("event_loop_profile"):
-        lines += _loop_profile(im["event_loop_profile"])
-    if "levers" in r:
-        lines += _levers(r["levers"])
-    if "shadows" in r:
-        lines += _shadows(r["shadows"])
     if "photos" in r:
         lines += _photos(r["photos"])
+    if "levers" in r:
+        lines += _levers(r["levers"])
+    if im.get("event_loop_profile"):
+        lines += _loop_profile(im["event_loop_profile"])
+    if "shadows" in r:
+        lines += _shadows(r["shadows"])
     return "\n".join(lines)
 
 
