@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     """Whether obstore's puts sign the body's SHA-256 (SigV4) or send UNSIGNED-PAYLOAD. ``auto``
     signs over plain HTTP to another host and leaves the body unsigned where the transport already
     guards it: HTTPS (TLS; AWS's SDKs do the same for S3 over HTTPS) and loopback (it never leaves
-    the host). Signing costs a SHA-256 of the body on both ends: about 5 CPU ms per 2 MB photo,
-    measured side by side in the bench's levers section. aioboto3's calls always sign over HTTP."""
+    the host). Signing costs a SHA-256 of the body on both ends: about 6 CPU ms per 2 MB photo
+    (obstore's threads and the S3 server), measured side by side in the bench's photo section.
+    aioboto3's calls always sign over HTTP."""
 
     # --- HTTP ----------------------------------------------------------------------------------
     web_host: str = "127.0.0.1"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tools.bench.cpu import BACKBONE, EVENT_LOOP
-from tools.bench.report import _roles_cpu
+from tools.bench.cpu import BACKBONE, EVENT_LOOP, S3_CLIENT
+from tools.bench.report import _roles_cpu, _signing
 
 
 def test_roles_cpu_lists_each_role_and_sums_the_event_loops_by_stage():
@@ -23,3 +23,16 @@ def test_roles_cpu_lists_each_role_and_sums_the_event_loops_by_stage():
 
 def test_roles_cpu_is_absent_when_the_phase_did_not_run():
     assert _roles_cpu({}) == []
+
+
+def test_signing_reports_its_direct_cost_apart_from_the_host_speed():
+    def sat(rate, worker, backbone, client, server):
+        return {"images_per_s": rate, "cpu": {"total_ms_per_image": worker + server,
+                                              "ms_per_image": {"worker": worker, "s3": server},
+                                              "threads_ms_per_image": {BACKBONE: backbone, S3_CLIENT: client}}}
+    text = "\n".join(_signing("auto", False, sat(30.0, 45.0, 34.0, 0.75, 9.0), sat(24.0, 57.0, 41.0, 2.25, 14.0)))
+    assert "IMGSTREAM_S3_PAYLOAD_SIGNING=auto: unsigned on this endpoint" in text
+    assert "| as configured (auto) | 30.0 | 54.0 | 45.0 | 34.0 | 0.8 | 9.0 |" in text
+    assert "| signed | 24.0 | 71.0 | 57.0 | 41.0 | 2.2 | 14.0 |" in text
+    # 2.25 + 14.0 - (0.75 + 9.0): the client's hashing and the server's check, not the slower backbone
+    assert "Signed: 0.80x the throughput" in text and "S3 server): +6.5 CPU ms per photo" in text
