@@ -106,9 +106,8 @@ def create_app(settings: Settings) -> ImgstreamApp:
         from tables import descriptors
 
         extractor.register(app, app.runtime, descriptors.declare(app, settings))
-    names = [r.split("-", 1)[1] for r in settings.roles if r.startswith("classifier-")]
-    if names:
-        classifiers.register(app, app.runtime, names)
+    if settings.classifiers:
+        classifiers.register(app, app.runtime, list(settings.classifiers))
     if "dead-letter" in settings.roles:
         dead_letter.register(app, app.runtime)
     _monitors(app, settings)

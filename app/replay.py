@@ -35,7 +35,7 @@ async def replay(settings: Settings, version: str, names: list[str] | None = Non
     async with ObjectStore(settings) as store:
         path = await registry.fetch(store, version, settings.bundles_dir)
         spaces = {m["version"]: m.get("descriptor_space") for m in await registry.versions(store)}
-    bundle = Bundle.load(path, extractor=False, onnx_classifiers=names)
+    bundle = Bundle.load(path, extractor=False, onnx_classifiers=settings.onnx_classifiers(names))
     space = bundle.manifest.get("descriptor_space")
     if not space:
         raise ModelError(f"bundle {bundle.version} has no descriptor space recorded; retrain it")

@@ -129,9 +129,7 @@ class Runtime:
         """The classifiers this worker serves as tree ensembles on onnxruntime: those it runs an
         agent for (building one costs memory and a second or so per bundle; other roles predict
         at most a /predict call, with LightGBM)."""
-        if self.settings.classifier_runtime != "onnx":
-            return ()
-        return tuple(r.removeprefix("classifier-") for r in self.settings.roles if r.startswith("classifier-"))
+        return self.settings.onnx_classifiers(self.settings.classifiers)
 
     @property
     def bundle(self) -> Bundle:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -305,6 +306,15 @@ class Settings(BaseSettings):
         if all(f"classifier-{n}" in self.roles for n in CLASSIFIERS):
             return (self.group_id,)
         return tuple(f"{self.app_id}-classifier-{n}" for n in CLASSIFIERS)
+
+    @property
+    def classifiers(self) -> tuple[str, ...]:
+        """The classifiers this worker runs an agent for (its ``classifier-*`` roles, in order)."""
+        return tuple(r.removeprefix("classifier-") for r in self.roles if r.startswith("classifier-"))
+
+    def onnx_classifiers(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Which of ``names`` serve as tree ensembles on onnxruntime (``classifier_runtime``)."""
+        return tuple(names) if self.classifier_runtime == "onnx" else ()
 
     @property
     def deployment(self) -> str:

@@ -39,8 +39,6 @@ def _thresholds_down(t: np.ndarray) -> np.ndarray:
     return t32
 
 
-
-
 def _trees(model: str):
     """(header, trees) of a LightGBM text model, the trees one at a time, each a dict of its
     ``key=values`` lines. Read from the text file rather than ``Booster.dump_model``'s JSON or

@@ -171,8 +171,10 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         from models.bundle import Bundle
         from models.domain import CLASSIFIERS
 
-        # scored as served: each classifier on its tree ensemble
-        loaded = Bundle.load(_bundle_path(bundle), threads=get_settings().ort_threads, onnx_classifiers=CLASSIFIERS)
+        # scored as served: each classifier on the runtime IMGSTREAM_CLASSIFIER_RUNTIME names
+        settings = get_settings()
+        loaded = Bundle.load(_bundle_path(bundle), threads=settings.ort_threads,
+                             onnx_classifiers=settings.onnx_classifiers(CLASSIFIERS))
         with _progress() as progress:
             result = training.evaluate(loaded, data, limit_per_class, _task_factory(progress, "evaluate"))
         print(training.dumps(result))

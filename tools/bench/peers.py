@@ -54,7 +54,7 @@ async def sync_server(settings: Settings, port: int) -> None:
     # the same ONNX configuration as imgstream's extractor: that many requests computed at once,
     # each on one core; a request alone in flight gets every core (the wide session)
     bundle, store, db = await _load(settings, settings.worker_ort_threads, settings.worker_wide_threads,
-                                    CLASSIFIERS if settings.classifier_runtime == "onnx" else ())
+                                    settings.onnx_classifiers(CLASSIFIERS))
     pool = ThreadPoolExecutor(settings.onnx_parallel)
     version = f"sync-{bundle.version}"
     in_flight = 0
