@@ -22,7 +22,8 @@ from agents import dead_letter
 from agents.policy import handle_batches, retry_outages, run_batch
 from app.errors import ImgstreamError, NotFound, Unprocessable
 from app.messages import ImageUploaded, Trace, encode_descriptors
-from app.metrics import BATCH_SIZE, CACHE, COMPUTE_SECONDS, MESSAGE_BYTES, MESSAGES, QUEUE_SECONDS
+from app.metrics import (BATCH_SIZE, CACHE, COMPUTE_SECONDS, CROPS_FETCHED, CROPS_FROM_UPLOAD, MESSAGE_BYTES, MESSAGES,
+                         QUEUE_SECONDS)
 from app.runtime import Runtime
 from models.preprocess import model_pixels, normalize
 from tables import descriptors as table_codec
@@ -44,15 +45,15 @@ class Item:
 
 
 async def fetch_and_decode(runtime: Runtime, item: Item, sem: asyncio.Semaphore) -> None:
-    spec = runtime.bundle.extractor.spec
-    crop = runtime.recent_uploads.pop(item.msg.object_key, spec.name)
-    if crop is not None:  # decoded by this worker's upload handler
-        item.pixels = crop
+    if item.pixels is not None:  # decoded by this worker's upload handler
+        CROPS_FROM_UPLOAD.inc()
         return
     async with sem:
         data = await retry_outages(f"fetching {item.msg.object_key}",
                                    lambda: runtime.store.get(item.msg.object_key), stage=STAGE)
-    item.pixels = await runtime.in_pool(runtime.decode_pool, model_pixels, data, spec, runtime.settings.max_pixels)
+    item.pixels = await runtime.in_pool(runtime.decode_pool, model_pixels, data, runtime.bundle.extractor.spec,
+                                        runtime.settings.max_pixels)
+    CROPS_FETCHED.inc()
 
 
 def _descriptors(bundle, shadows, pixels: list[np.ndarray], wide: bool) -> list[np.ndarray]:
@@ -81,7 +82,7 @@ def split_chunks(items: list, parts: int, min_size: int = 2) -> list[list]:
 async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]:
     """Handle one micro-batch; returns counts (published, cached, dead_lettered, shadow)."""
     bundle, shadows = runtime.bundle, runtime.shadows
-    version = bundle.version
+    version, spec_name = bundle.version, bundle.extractor.spec.name
     now = time.time()
     BATCH_SIZE.labels(STAGE).observe(len(events))
     items: list[Item] = []
@@ -94,7 +95,9 @@ async def process_batch(runtime: Runtime, table, events: list) -> dict[str, int]
             counts["dead_lettered"] += 1
             continue
         QUEUE_SECONDS.labels(STAGE).observe(max(0.0, now - msg.uploaded_at))
-        items.append(Item(event, msg, now))
+        # the crop this worker decoded at upload, taken whatever answers the event below (the
+        # table, a batch in flight), so that none is left behind in the cache
+        items.append(Item(event, msg, now, pixels=runtime.recent_uploads.pop(msg.object_key, spec_name)))
 
     # 1. the descriptor table answers repeats of the same bytes (same sha256, same bundle), and a
     #    redelivered event gets the answer it already had, whatever bundle made it: a worker

@@ -105,14 +105,16 @@ class DataPlane:
         key = f"raw-images/{now:%Y/%m/%d}/{image_id}.{EXTENSIONS[fmt]}"
         msg = ImageUploaded(str(image_id), key, sha, len(body), FORMATS[fmt], time.time())
         await self.rt.store.put(key, body, FORMATS[fmt], sha256=sha)
-        if pixels is not None:
-            self.rt.recent_uploads.put(key, spec.name, pixels)
+        # kept before the event exists: this worker's extractor may read it before send returns
+        kept = pixels is not None and self.rt.recent_uploads.put(key, spec.name, pixels)
         try:
             meta = await self.rt.send(self.rt.topics.input, sha.encode(), msg.dumps())
         except ServiceUnavailable:
             self.rt.recent_uploads.pop(key, spec.name if spec else "")
             await self.rt.store.delete(key)  # nothing half-written: no event, no object
             raise
+        if kept and not self.rt.extracts_here(meta.partition):
+            self.rt.recent_uploads.drop_elsewhere(key)
         record = UploadRecord(image_id, key, sha, len(body), FORMATS[fmt], now, datetime.now(UTC),
                               self.settings.deployment, meta.partition, meta.offset)
         try:

@@ -45,6 +45,21 @@ CACHE = Counter(
     "imgstream_descriptor_cache_total", "Descriptor-table lookups by result (hit: extraction skipped).",
     ["result"], registry=REGISTRY,
 )
+EXTRACTOR_CROPS = Counter(
+    "imgstream_extractor_crops_total", "Where the extractor's input crops came from: upload (decoded by this "
+    "worker's upload handler, no fetch and no second decode) or fetched (read back from S3 and decoded).",
+    ["source"], registry=REGISTRY,
+)
+UPLOAD_CROPS_DROPPED = Counter(
+    "imgstream_upload_crops_dropped_total", "Crops decoded at upload that no extractor of this worker took, by "
+    "reason: full (not kept, the cache was full: raise IMGSTREAM_LOCAL_OBJECT_CACHE_MB), elsewhere (the event "
+    "went to a partition another worker extracts), expired (not taken within a minute).",
+    ["reason"], registry=REGISTRY,
+)
+# Bound once: these are counted per image on the event loop.
+CROPS_FROM_UPLOAD, CROPS_FETCHED = EXTRACTOR_CROPS.labels("upload"), EXTRACTOR_CROPS.labels("fetched")
+CROPS_NOT_KEPT, CROPS_ELSEWHERE, CROPS_DROPPED_EXPIRED = (UPLOAD_CROPS_DROPPED.labels(r)
+                                                          for r in ("full", "elsewhere", "expired"))
 TABLE_ENTRIES = Gauge(
     "imgstream_descriptor_table_entries", "Entries of the descriptor table partitions this worker owns "
     "(counted by the last expiry pass).", registry=REGISTRY,

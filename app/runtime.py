@@ -18,13 +18,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 import numpy as np
 from mode import Service
 
 from app import broker, registry
 from app.backoff import Backoff
 from app.errors import ModelError, NotFound, ServiceUnavailable
-from app.metrics import BUNDLE, CONSUMER_LAG, SHADOWS, UNRECORDED
+from app.metrics import BUNDLE, CONSUMER_LAG, CROPS_DROPPED_EXPIRED, CROPS_ELSEWHERE, CROPS_NOT_KEPT, SHADOWS, UNRECORDED
 from app.monitor import DriftMonitor, History
 from app.settings import Settings
 from app.storage.database import Database, UploadRecord
@@ -62,26 +64,48 @@ class Topics:
 
 
 class RecentUploads:
-    """A small LRU of the decoded crops of uploads accepted by this worker, by object key: an
-    extractor in the same process takes the crop from here instead of fetching the object back
-    from S3 and decoding it again (S3 stays the source of truth; a miss costs a GET and a decode).
-    Sized in bytes of pixels (150 KB per 224x224 crop, whatever the photo's size)."""
+    """The decoded crops of uploads accepted by this worker, by object key: an extractor in the
+    same process takes the crop from here instead of fetching the object back from S3 and decoding
+    it again (S3 stays the source of truth; a miss costs a GET and a decode). Bounded in bytes of
+    pixels (150 KB per 224x224 crop, whatever the photo's size).
 
-    def __init__(self, max_bytes: int) -> None:
+    When full, a new crop is not kept: the extractor reads its backlog oldest first, so making room
+    by evicting the oldest crop would drop the very next one it needs, and a backlog longer than
+    the cache would then miss on every image, just when the worker is busiest. A crop no extractor
+    took within ``max_age_s`` is dropped (its event went to another worker, or was redelivered
+    after a rebalance), so such crops cannot hold the room for good."""
+
+    def __init__(self, max_bytes: int, max_age_s: float = 60.0) -> None:
         from collections import OrderedDict
 
         self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
         self.size = 0
-        self.items: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
+        self.items: OrderedDict[str, tuple[str, np.ndarray, float]] = OrderedDict()
 
-    def put(self, key: str, backbone: str, pixels: np.ndarray) -> None:
-        if pixels.nbytes > self.max_bytes:
-            return
-        self.items[key] = (backbone, pixels)
-        self.size += pixels.nbytes
-        while self.size > self.max_bytes:
-            _, (_, old) = self.items.popitem(last=False)
+    def put(self, key: str, backbone: str, pixels: np.ndarray, now: float | None = None) -> bool:
+        """Keep ``pixels`` for ``key``; False (and not kept) when there is no room for them."""
+        now = time.monotonic() if now is None else now
+        while self.items:
+            oldest_key, (_, old, made) = next(iter(self.items.items()))
+            if now - made <= self.max_age_s:
+                break
+            del self.items[oldest_key]
             self.size -= old.nbytes
+            CROPS_DROPPED_EXPIRED.inc()
+        if self.size + pixels.nbytes > self.max_bytes:
+            CROPS_NOT_KEPT.inc()
+            return False
+        self.items[key] = (backbone, pixels, now)
+        self.size += pixels.nbytes
+        return True
+
+    def drop_elsewhere(self, key: str) -> None:
+        """Drop ``key``'s crop: its event went to a partition another worker extracts."""
+        item = self.items.pop(key, None)
+        if item is not None:
+            self.size -= item[1].nbytes
+            CROPS_ELSEWHERE.inc()
 
     def pop(self, key: str, backbone: str) -> np.ndarray | None:
         """The crop for ``key`` if it was made for ``backbone`` (a bundle swap may change it)."""
@@ -123,6 +147,15 @@ class Runtime:
     @property
     def needs_extractor(self) -> bool:
         return "extractor" in self.settings.roles
+
+    def extracts_here(self, partition: int) -> bool:
+        """Whether this worker's extractor holds ``partition`` of the input topic now; True while
+        the assignment is not known yet (a crop is then kept for the age limit rather than lost)."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except ConsumerNotStarted:
+            return True
+        return not assignment or TP(self.settings.input_topic, partition) in assignment
 
     @property
     def onnx_classifiers(self) -> tuple[str, ...]:

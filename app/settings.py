@@ -159,9 +159,11 @@ class Settings(BaseSettings):
     onnx_parallel: int = Field(2, ge=1)
     """ONNX calls side by side per extractor batch: the batch is split into this many chunks, each
     run on its own thread (with cores / this many intra-op threads unless IMGSTREAM_ORT_THREADS)."""
-    local_object_cache_mb: int = Field(64, ge=0)
-    """Decoded crops of uploads kept in memory (LRU, MB; 150 KB per 224x224 crop) so an extractor
-    in the same worker neither fetches the image from S3 nor decodes it again (0 = off)."""
+    local_object_cache_mb: int = Field(256, ge=0)
+    """Decoded crops of uploads kept in memory (MB; 150 KB per 224x224 crop) so an extractor in the
+    same worker neither fetches the image from S3 nor decodes it again. When full, a new crop is
+    not kept (the backlog's oldest keep theirs); 256 MB holds about 1,700 crops, 15 s of backlog at
+    saturation on 2 cores (0 = off)."""
     fetch_concurrency: int = Field(16, ge=1)
     """Concurrent S3 fetches per extractor batch."""
     table_store: Literal["rocksdb", "memory"] = "rocksdb"

@@ -66,6 +66,21 @@ async def test_a_reupload_is_answered_from_the_table_without_the_backbone(extrac
     assert Trace.from_headers(runtime.on(runtime.settings.features_topic)[1].headers).cached is True
 
 
+async def test_the_crop_of_an_upload_the_table_answers_is_not_left_behind(extractor_rig):
+    app, runtime, table, bundle = extractor_rig
+    spec = bundle.extractor.spec
+    data = image((0, 90, 255), salt="left")
+    events = [upload_event(runtime, data), upload_event(runtime, data)]
+    async with _agent(app, "extractor").test_context() as agent:
+        for n, (image_id, key, value) in enumerate(events, 1):
+            object_key = f"raw-images/test/{image_id}.png"
+            runtime.recent_uploads.put(object_key, spec.name, model_pixels(data, spec))
+            await agent.put(value, key=key, wait=False)
+            await until(lambda n=n: len(runtime.on(runtime.settings.features_topic)) == n)
+    assert bundle.extractor.images == 1  # the second upload was answered by the table ...
+    assert not runtime.recent_uploads.items and runtime.recent_uploads.size == 0  # ... and its crop taken
+
+
 async def test_a_crop_decoded_at_upload_is_extracted_without_fetching_or_decoding_again(extractor_rig):
     app, runtime, table, bundle = extractor_rig
     spec = bundle.extractor.spec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tools.bench.cpu import BACKBONE, EVENT_LOOP, S3_CLIENT
-from tools.bench.report import _roles_cpu, _signing
+from tools.bench.report import _one_decode, _roles_cpu, _signing
 
 
 def test_roles_cpu_lists_each_role_and_sums_the_event_loops_by_stage():
@@ -36,3 +36,10 @@ def test_signing_reports_its_direct_cost_apart_from_the_host_speed():
     assert "| signed | 24.0 | 71.0 | 57.0 | 41.0 | 2.2 | 14.0 |" in text
     # 2.25 + 14.0 - (0.75 + 9.0): the client's hashing and the server's check, not the slower backbone
     assert "Signed: 0.80x the throughput" in text and "S3 server): +6.5 CPU ms per photo" in text
+
+
+def test_one_decode_reports_the_share_of_crops_taken_from_the_upload_handler():
+    text = "\n".join(_one_decode({"upload": 1500.0, "fetched": 64.0}))
+    assert "of the 1564 images this worker's extractor took" in text and "96 % used the crop" in text
+    assert "64 were fetched back from S3" in text
+    assert _one_decode({}) == [] and _one_decode(None) == []  # a baseline worker without the metric

@@ -54,6 +54,13 @@ async def test_upload_stores_the_object_produces_the_event_and_records_the_row(p
     assert crop.shape == (spec.size, spec.size, 3) and (crop == model_pixels(data, spec)).all()
 
 
+async def test_an_upload_keyed_to_a_partition_another_worker_extracts_keeps_no_crop(plane):
+    dp, rt = plane
+    rt.extracts_here = lambda partition: partition != 0
+    key = wire(await dp.upload(image((0, 0, 255), salt="elsewhere")))["object_key"]
+    assert key not in rt.recent_uploads.items and rt.recent_uploads.size == 0
+
+
 async def test_bad_uploads_are_refused_before_anything_is_written(plane):
     dp, rt = plane
     with pytest.raises(InvalidImage):

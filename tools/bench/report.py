@@ -191,6 +191,7 @@ def markdown(r: dict, png_name: str) -> str:
         f"100+ images/s ({'met' if sat >= 100 else 'NOT met'}). Single-image extractor latency "
         f"(decode + preprocess + ONNX + reduce, batch 1): {_f(lim['single_image_p50_ms'])} ms p50.",
         "",
+        *_one_decode(im.get("crops")),
         *_cpu_budget(im["saturation"], lim),
         "## 3. Open-loop latency (Poisson arrivals), from upload accepted to the third prediction committed",
         "",
@@ -310,6 +311,23 @@ def markdown(r: dict, png_name: str) -> str:
     return "\n".join(lines)
 
 
+def _crop_share(crops: dict | None) -> tuple[float, float] | None:
+    """(images the extractor took, the share of them that used the crop decoded at upload)."""
+    total = sum((crops or {}).values())
+    return (total, crops.get("upload", 0.0) / total) if total else None
+
+
+def _one_decode(crops: dict | None) -> list[str]:
+    share = _crop_share(crops)
+    if share is None:
+        return []
+    total, up = share
+    return [f"One decode per image: of the {total:.0f} images this worker's extractor took (warm-up and "
+            f"saturation passes), {100 * up:.0f} % used the crop its upload handler decoded; "
+            f"{crops.get('fetched', 0):.0f} were fetched back from S3 and decoded again (a backlog longer than "
+            "IMGSTREAM_LOCAL_OBJECT_CACHE_MB holds).", ""]
+
+
 def _photos(ph: dict) -> list[str]:
     base = ph.get("baseline")
     lines = ["## 10. Photos", "",
@@ -343,6 +361,11 @@ def _photos(ph: dict) -> list[str]:
                   else [b["skipped"], "-"])
         lines.append(f"| {name} | {_f(s['images_per_s'])} | {_f(s['images_per_s'] / sat, '.2f')} | " + " | ".join(before)
                      + " |")
+    shares = {name: _crop_share(row["imgstream"].get("crops")) for name, row in ph["sizes"].items()}
+    if all(shares.values()):
+        lines += ["", "Crops the extractor took from its upload handler (one decode per photo), against those fetched "
+                      "back from S3 and decoded again: " + ", ".join(f"{name} {100 * sh[1]:.0f} %"
+                                                                    for name, sh in shares.items()) + "."]
     if "4032x3024" in ph["sizes"]:
         row = ph["sizes"]["4032x3024"]
         o = row["imgstream"]["open_loop"][0] if row["imgstream"]["open_loop"] else {}

@@ -236,7 +236,8 @@ class Bench:
             runs.append(await self.saturate(url, images.take(self.n),
                                             cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)}))
         sat = sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
-        out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": []}
+        out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": [],
+               "crops": await _crop_sources(url)}
         if passes > 1:
             out["saturation"]["passes_images_per_s"] = [r["images_per_s"] for r in runs]
         if paired:
@@ -632,6 +633,19 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def _crop_sources(url: str) -> dict[str, float]:
+    """Where the worker's extractor got its crops so far ({} from a worker without the metric):
+    "upload" (decoded by its upload handler) or "fetched" (read back from S3, decoded again)."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
+        text = await r.text()
+    return {sample.labels["source"]: sample.value for family in text_string_to_metric_families(text)
+            if family.name == "imgstream_extractor_crops" for sample in family.samples
+            if sample.name == "imgstream_extractor_crops_total"}
 
 
 async def _wait_metric(url: str, name: str, value: float, timeout: float = 60) -> None:
