@@ -34,6 +34,7 @@ async def test_200_images_get_three_predictions_each_before_a_deadline(pipeline,
     worker, _ = pipeline
     images = sample_images[::3][:200] if len(sample_images) >= 600 else sample_images[:200]
     assert len(images) == 200
+    crops0 = {src: worker.metric_sum("imgstream_extractor_crops_total", source=src) for src in ("upload", "fetched")}
     started = time.monotonic()
     async with aiohttp.ClientSession() as s:
         sem = asyncio.Semaphore(16)
@@ -55,6 +56,10 @@ async def test_200_images_get_three_predictions_each_before_a_deadline(pipeline,
     labels = dict(zip(ids, (lbl for lbl, _ in images), strict=True))
     correct = sum(done[i]["consensus"]["label"] == labels[i] for i in ids)
     assert correct / 200 > 0.5, f"consensus accuracy {correct / 200:.2f}"
+    # one decode per image: the extractor took the crops its own upload handler decoded (images the
+    # descriptor table answers, e.g. bytes an earlier test uploaded, need none)
+    crops = {src: worker.metric_sum("imgstream_extractor_crops_total", source=src) - n for src, n in crops0.items()}
+    assert crops["fetched"] == 0 and crops["upload"] > 0, crops
     print(f"200 images classified end to end in {elapsed:.1f}s; consensus accuracy {correct / 200:.2f}")
 
 
