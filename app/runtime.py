@@ -14,13 +14,13 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+import numpy as np
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
-import numpy as np
 from mode import Service
 
 from app import broker, registry
@@ -76,8 +76,6 @@ class RecentUploads:
     after a rebalance), so such crops cannot hold the room for good."""
 
     def __init__(self, max_bytes: int, max_age_s: float = 60.0) -> None:
-        from collections import OrderedDict
-
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.size = 0
@@ -87,11 +85,10 @@ class RecentUploads:
         """Keep ``pixels`` for ``key``; False (and not kept) when there is no room for them."""
         now = time.monotonic() if now is None else now
         while self.items:
-            oldest_key, (_, old, made) = next(iter(self.items.items()))
+            oldest_key, (_, _, made) = next(iter(self.items.items()))
             if now - made <= self.max_age_s:
                 break
-            del self.items[oldest_key]
-            self.size -= old.nbytes
+            self._take(oldest_key)
             CROPS_DROPPED_EXPIRED.inc()
         if self.size + pixels.nbytes > self.max_bytes:
             CROPS_NOT_KEPT.inc()
@@ -102,18 +99,19 @@ class RecentUploads:
 
     def drop_elsewhere(self, key: str) -> None:
         """Drop ``key``'s crop: its event went to a partition another worker extracts."""
-        item = self.items.pop(key, None)
-        if item is not None:
-            self.size -= item[1].nbytes
+        if self._take(key) is not None:
             CROPS_ELSEWHERE.inc()
 
     def pop(self, key: str, backbone: str) -> np.ndarray | None:
         """The crop for ``key`` if it was made for ``backbone`` (a bundle swap may change it)."""
+        item = self._take(key)
+        return item[1] if item is not None and item[0] == backbone else None
+
+    def _take(self, key: str) -> tuple[str, np.ndarray, float] | None:
         item = self.items.pop(key, None)
-        if item is None:
-            return None
-        self.size -= item[1].nbytes
-        return item[1] if item[0] == backbone else None
+        if item is not None:
+            self.size -= item[1].nbytes
+        return item
 
 
 class Runtime:

@@ -9,7 +9,7 @@ import numpy as np
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from app.metrics import UPLOAD_CROPS_DROPPED
+from app.metrics import REGISTRY
 from app.runtime import RecentUploads
 from tests.unit.inprocess import InProcessRuntime, app_for, settings, tiny_bundle
 
@@ -21,7 +21,7 @@ def crop(value: int) -> np.ndarray:
 
 
 def dropped(reason: str) -> float:
-    return UPLOAD_CROPS_DROPPED.labels(reason)._value.get()
+    return REGISTRY.get_sample_value("imgstream_upload_crops_dropped_total", {"reason": reason})
 
 
 def test_when_full_the_newest_crop_is_not_kept_and_the_backlog_keeps_its_oldest():

@@ -635,31 +635,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _crop_sources(url: str) -> dict[str, float]:
-    """Where the worker's extractor got its crops so far ({} from a worker without the metric):
-    "upload" (decoded by its upload handler) or "fetched" (read back from S3, decoded again)."""
+async def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """The worker's /metrics now: {(sample name, sorted labels): value}."""
     import aiohttp
     from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
         text = await r.text()
-    return {sample.labels["source"]: sample.value for family in text_string_to_metric_families(text)
-            if family.name == "imgstream_extractor_crops" for sample in family.samples
-            if sample.name == "imgstream_extractor_crops_total"}
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def _crop_sources(url: str) -> dict[str, float]:
+    """Where the worker's extractor got its crops so far ({} from a worker without the metric):
+    "upload" (decoded by its upload handler) or "fetched" (read back from S3, decoded again)."""
+    return {dict(labels)["source"]: value for (name, labels), value in (await _metrics(url)).items()
+            if name == "imgstream_extractor_crops_total"}
 
 
 async def _wait_metric(url: str, name: str, value: float, timeout: float = 60) -> None:
-    """Until the worker's /metrics shows ``name`` at ``value`` (e.g. its shadow bundles loaded)."""
-    import aiohttp
-
+    """Until the worker's /metrics shows ``name`` (unlabelled) at ``value`` (e.g. its shadow
+    bundles loaded)."""
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            async with s.get(f"{url}/metrics") as r:
-                for line in (await r.text()).splitlines():
-                    if line.startswith(name + " ") and float(line.split()[1]) == value:
-                        return
-            await asyncio.sleep(0.5)
+    while time.monotonic() < deadline:
+        if (await _metrics(url)).get((name, ())) == value:
+            return
+        await asyncio.sleep(0.5)
     raise TimeoutError(f"{name} did not reach {value} within {timeout}s")
 
 
