@@ -1,9 +1,10 @@
 """The local stack's pieces that need no service running."""
 
 import base64
+import errno
 import uuid
 
-from tools.stack.services import kafka_cluster_id
+from tools.stack.services import kafka_cluster_id, metadata_store
 
 
 def test_a_cluster_id_never_starts_with_a_dash():
@@ -22,3 +23,25 @@ def test_cluster_ids_are_random_and_kafka_shaped():
     ids = {kafka_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_the_s3_store_keeps_metadata_in_xattrs_where_the_filesystem_takes_them(tmp_path):
+    calls = []
+    mode = metadata_store(tmp_path / "s3", probe=lambda *args: calls.append(args))
+    assert mode == "xattr" and len(calls) == 1
+    assert (tmp_path / "s3" / "metadata").read_text().strip() == "xattr"
+    assert sorted(p.name for p in (tmp_path / "s3").iterdir()) == ["metadata"]  # the probe file is gone
+
+
+def test_the_s3_store_falls_back_to_sidecar_files_without_xattrs(tmp_path):
+    def refuse(*_):
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    assert metadata_store(tmp_path / "s3", probe=refuse) == "sidecar"
+    assert metadata_store(tmp_path / "s3") == "sidecar"  # kept, not probed again
+
+
+def test_an_existing_sidecar_store_keeps_its_mode(tmp_path):
+    # a store made before the mode was recorded has its metadata in meta/: xattrs would lose it
+    (tmp_path / "s3" / "meta").mkdir(parents=True)
+    assert metadata_store(tmp_path / "s3", probe=lambda *args: None) == "sidecar"
