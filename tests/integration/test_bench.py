@@ -50,6 +50,7 @@ def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     # the event loop's levers side by side, and py-spy's view of the loop at saturation
     assert list(result["levers"]) == ["asyncio + aioboto3", "uvloop + aioboto3", "asyncio + obstore", "uvloop + obstore",
                                          "asyncio + obstore, one extractor batch in flight",
+                                         "asyncio + obstore, two extractor batches in flight",
                                          "asyncio + obstore, one agent per classifier",
                                          "asyncio + obstore, classifiers on LightGBM"]
     assert all(v["images_per_s"] > 0 and v["cpu"]["ms_per_image"]["worker"] > 0 for v in result["levers"].values())

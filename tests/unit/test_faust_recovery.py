@@ -316,8 +316,8 @@ async def test_the_agents_batch_policy_leaves_a_cut_short_batch_unacked():
     assert acked == []
 
 
-@pytest.mark.parametrize("ours,depth", [(True, 1), (True, 2), (False, 1)],
-                         ids=["handle_batches", "handle_batches-depth-2", "take_events"])
+@pytest.mark.parametrize("ours,depth", [(True, 1), (True, 2), (True, 3), (False, 1)],
+                         ids=["handle_batches", "handle_batches-depth-2", "handle_batches-depth-3", "take_events"])
 async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours, depth):
     """A real Faust stream: the agent is still handling its batch (waiting out an outage, say)
     when the worker stops. ``Stream.on_stop`` closes ``take_events``' generator, whose ``finally``
@@ -347,10 +347,10 @@ async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours, de
             if seen:
                 break
             await asyncio.sleep(0.01)
-        if depth > 1:  # a second batch in flight beside the first
-            await a.put(b"y", wait=False)
+        for more in range(1, depth):  # further batches in flight beside the first
+            await a.put(b"y%d" % more, wait=False)
             for _ in range(300):
-                if len(seen) == 2:
+                if len(seen) == more + 1:
                     break
                 await asyncio.sleep(0.01)
     assert len(seen) == depth

@@ -502,6 +502,8 @@ class Bench:
                    "uvloop + obstore": {"IMGSTREAM_EVENT_LOOP": "uvloop", "IMGSTREAM_S3_DATA_CLIENT": "obstore"},
                    "asyncio + obstore, one extractor batch in flight": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
                                                                          "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": "1"},
+                   "asyncio + obstore, two extractor batches in flight": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
+                                                                           "IMGSTREAM_EXTRACT_PIPELINE_DEPTH": "2"},
                    "asyncio + obstore, one agent per classifier": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
                                                                     "IMGSTREAM_CLASSIFIER_AGENTS": "each"},
                    "asyncio + obstore, classifiers on LightGBM": {"IMGSTREAM_S3_DATA_CLIENT": "obstore",
