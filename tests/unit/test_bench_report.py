@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tools.bench.cpu import BACKBONE, EVENT_LOOP, S3_CLIENT
-from tools.bench.report import _one_decode, _roles_cpu, _signing
+from tools.bench.report import _loop_profile, _one_decode, _roles_cpu, _signing
 
 
 def test_roles_cpu_lists_each_role_and_sums_the_event_loops_by_stage():
@@ -43,3 +43,13 @@ def test_one_decode_reports_the_share_of_crops_taken_from_the_upload_handler():
     assert "of the 1564 images this worker's extractor took" in text and "96 % used the crop" in text
     assert "64 were fetched back from S3" in text
     assert _one_decode({}) == [] and _one_decode(None) == []  # a baseline worker without the metric
+
+
+def test_loop_profile_sets_py_spys_busy_share_beside_the_main_threads_measured_cpu():
+    profile = {"seconds": 4.5, "event_loop_busy": 0.54, "other_threads": [["onnx_0", 0.9]],
+               "top_own": [["select", 0.12]], "top_inclusive": [["select", 0.12]]}
+    sat = {"images_per_s": 140.0, "cpu": {"threads_ms_per_image": {EVENT_LOOP: 1.5}}}
+    text = "\n".join(_loop_profile(profile, sat))
+    assert "busy **54 %**" in text
+    assert "the main thread used 1.50 CPU ms per image, 21 % of one core at 140.0 images/s" in text
+    assert "the main thread used" not in "\n".join(_loop_profile(profile, {"images_per_s": 140.0}))

@@ -306,7 +306,7 @@ def markdown(r: dict, png_name: str) -> str:
     if "levers" in r:
         lines += _levers(r["levers"])
     if im.get("event_loop_profile"):
-        lines += _loop_profile(im["event_loop_profile"])
+        lines += _loop_profile(im["event_loop_profile"], im["saturation"])
     if "shadows" in r:
         lines += _shadows(r["shadows"])
     return "\n".join(lines)
@@ -445,7 +445,18 @@ def _levers(lv: dict) -> list[str]:
     return lines + [""]
 
 
-def _loop_profile(p: dict) -> list[str]:
+def _loop_cpu(sat: dict) -> str:
+    """py-spy's busy share against the CPU the main thread used in the measured pass (from /proc):
+    py-spy counts every sample not waiting in epoll, a thread waiting for the GIL too."""
+    ms = sat.get("cpu", {}).get("threads_ms_per_image", {}).get(EVENT_LOOP)
+    if ms is None:
+        return ""
+    return (" py-spy counts a thread as busy whenever it is not waiting in epoll, waiting for the GIL included; "
+            f"in the measured pass the main thread used {_f(ms, '.2f')} CPU ms per image, "
+            f"{_f(ms * sat['images_per_s'] / 10, '.0f')} % of one core at {_f(sat['images_per_s'])} images/s.")
+
+
+def _loop_profile(p: dict, sat: dict) -> list[str]:
     lines = ["## 12. The event loop at saturation (py-spy)", "",
              f"py-spy sampled the worker at 100 samples/s for the {_f(p['seconds'])} s of a second saturation pass "
              "after the measured one (the profiler's own CPU would otherwise come out of the measured throughput"
@@ -454,7 +465,8 @@ def _loop_profile(p: dict) -> list[str]:
              "of the time (idle samples, waiting in epoll, are not counted); the busiest other threads (ONNX, decode, "
              "predict pools): " + (", ".join(f"{name} {_f(100 * b, '.0f')} %" for name, b in p["other_threads"])
                                    if "other_threads" in p else
-                                   ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"])) + ".", "",
+                                   ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"])) + "."
+             + _loop_cpu(sat), "",
              "| top frames of the event-loop thread, own time | share of the phase |", "|---|---|"]
     lines += [f"| `{f}` | {_f(100 * s, '.1f')} % |" for f, s in p["top_own"]]
     lines += ["", "| top frames of the event-loop thread, inclusive | share of the phase |", "|---|---|"]
