@@ -157,7 +157,8 @@ class Settings(BaseSettings):
     ones' look-ups, fetches and decodes run and their ONNX calls queue behind, so the cores do not
     idle between batches. Three rather than two: side by side at saturation on 2 cores (CIFAR
     images, seven alternating rounds), the cores were 95.4-96.5 % busy with three against
-    94.2-95.5 % with two, and throughput 2.9 % higher on average (higher in six rounds of seven). Batches are acked in order, each once handled (1 = one at a time)."""
+    94.2-95.5 % with two, and throughput 2.9 % higher on average (higher in six rounds of seven).
+    Batches are acked in order, each once handled (1 = one at a time)."""
     onnx_parallel: int = Field(2, ge=1)
     """ONNX calls side by side per extractor batch: the batch is split into this many chunks, each
     run on its own thread (with cores / this many intra-op threads unless IMGSTREAM_ORT_THREADS)."""

@@ -446,12 +446,15 @@ def _levers(lv: dict) -> list[str]:
 
 
 def _loop_cpu(sat: dict) -> str:
-    """py-spy's busy share against the CPU the main thread used in the measured pass (from /proc):
-    py-spy counts every sample not waiting in epoll, a thread waiting for the GIL too."""
+    """py-spy's busy share against the CPU the main thread used in the measured pass (from /proc).
+    py-spy takes a sample as busy when the OS has the thread running or ready to run (state R in
+    /proc/<tid>/stat, read by its remoteprocess crate), so where every thread shares two cores its
+    share includes the time the thread waited for a core."""
     ms = sat.get("cpu", {}).get("threads_ms_per_image", {}).get(EVENT_LOOP)
     if ms is None:
         return ""
-    return (" py-spy counts a thread as busy whenever it is not waiting in epoll, waiting for the GIL included; "
+    return (" py-spy takes a sample as busy when the OS has the thread running or ready to run, so on shared "
+            "cores its share includes the time the thread waited for a core; "
             f"in the measured pass the main thread used {_f(ms, '.2f')} CPU ms per image, "
             f"{_f(ms * sat['images_per_s'] / 10, '.0f')} % of one core at {_f(sat['images_per_s'])} images/s.")
 
