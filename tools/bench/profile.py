@@ -1,6 +1,7 @@
 """py-spy on a worker during a bench phase: how busy its event-loop thread (the main thread) was
 and which frames took that time. py-spy drops idle samples (a thread the OS has neither running
-nor ready to run, such as one waiting in epoll), so the main thread's samples over rate x seconds
+nor ready to run: state R in /proc/<tid>/stat, read by its remoteprocess crate; one waiting in
+epoll, say), so the main thread's samples over rate x seconds
 is the share of the time the loop was working or waiting for a core."""
 
 from __future__ import annotations

@@ -446,16 +446,12 @@ def _levers(lv: dict) -> list[str]:
 
 
 def _loop_cpu(sat: dict) -> str:
-    """py-spy's busy share against the CPU the main thread used in the measured pass (from /proc).
-    py-spy takes a sample as busy when the OS has the thread running or ready to run (state R in
-    /proc/<tid>/stat, read by its remoteprocess crate), so where every thread shares two cores its
-    share includes the time the thread waited for a core."""
+    """The CPU the main thread used in the measured pass (from /proc), beside py-spy's busy share,
+    which also counts the time the thread waited for a core (tools/bench/profile.py)."""
     ms = sat.get("cpu", {}).get("threads_ms_per_image", {}).get(EVENT_LOOP)
     if ms is None:
         return ""
-    return (" py-spy takes a sample as busy when the OS has the thread running or ready to run, so on shared "
-            "cores its share includes the time the thread waited for a core; "
-            f"in the measured pass the main thread used {_f(ms, '.2f')} CPU ms per image, "
+    return (f" In the measured pass the main thread used {_f(ms, '.2f')} CPU ms per image, "
             f"{_f(ms * sat['images_per_s'] / 10, '.0f')} % of one core at {_f(sat['images_per_s'])} images/s.")
 
 
@@ -465,7 +461,8 @@ def _loop_profile(p: dict, sat: dict) -> list[str]:
              "after the measured one (the profiler's own CPU would otherwise come out of the measured throughput"
              + (f": {_f(p['images_per_s_under_py_spy'])} images/s under py-spy" if "images_per_s_under_py_spy" in p else "")
              + f"). The event-loop thread (the main thread) was busy **{_f(100 * p['event_loop_busy'], '.0f')} %** "
-             "of the time (idle samples, waiting in epoll, are not counted); the busiest other threads (ONNX, decode, "
+             "of the time (a sample counts as busy when the OS has the thread running or ready to run: waiting in "
+             "epoll is idle, waiting for one of the shared cores is not); the busiest other threads (ONNX, decode, "
              "predict pools): " + (", ".join(f"{name} {_f(100 * b, '.0f')} %" for name, b in p["other_threads"])
                                    if "other_threads" in p else
                                    ", ".join(f"{_f(100 * b, '.0f')} %" for b in p["other_threads_busy"])) + "."

@@ -309,9 +309,9 @@ def metadata_store(root: Path, probe=os.setxattr) -> str:
     Side by side on ext4 (two servers, obstore puts, another job sharing the two cores), the S3
     server's CPU per put was 1.1 ms with xattrs against 2.0 with sidecar files for a tiny object,
     and 9.6 against 11.9 ms for 2.3 MB: with sidecar files each attribute is a new file, written
-    and renamed. The choice is made once, when the store is
-    created, and kept in ``root/metadata``: switching an existing store would lose the metadata
-    of the objects already in it."""
+    and renamed. The choice is made once, when the store is created, and kept in
+    ``root/metadata``: switching an existing store would lose the metadata of the objects already
+    in it."""
     root.mkdir(parents=True, exist_ok=True)
     marker = root / "metadata"
     if marker.exists():
