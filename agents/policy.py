@@ -2,6 +2,8 @@
 
 - An outage (Kafka, PostgreSQL or S3 down: ``ServiceUnavailable`` and the driver errors in
   ``PG_DOWN``) is retried without limit, with backoff: Kafka keeps the backlog, nothing is lost.
+  So is a refusal by PostgreSQL (``PG_REFUSED``: a wrong password, a rotated secret not yet
+  rolled out): it says nothing about the message, which must not be dead-lettered for it.
 - Any other error in a batch is retried ``IMGSTREAM_POISON_ATTEMPTS`` times; then the batch is
   split in halves, each half run on its own, until the message(s) that still fail are alone; those
   are dead-lettered with the reason and the stream goes on. One message that always raises never
@@ -21,11 +23,11 @@ from app import faust_patches
 from app.backoff import Backoff
 from app.errors import ServiceUnavailable
 from app.metrics import MESSAGES, POISON
-from app.storage.database import PG_DOWN
+from app.storage.database import PG_DOWN, PG_REFUSED
 
 log = logging.getLogger("imgstream.policy")
 
-OUTAGES = (ServiceUnavailable, *PG_DOWN)
+OUTAGES = (ServiceUnavailable, *PG_DOWN, *PG_REFUSED)
 T = TypeVar("T")
 E = TypeVar("E")
 

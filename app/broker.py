@@ -8,10 +8,21 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from app.errors import ServiceUnavailable
+from app.security import describe, kafka_options
 from app.settings import Settings
+
+
+def _admin(settings: Settings, request_timeout_ms: int) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=request_timeout_ms,
+                               **kafka_options(settings))
+
+
+def _consumer(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                            **kafka_options(settings))
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 async def ensure_topics(settings: Settings) -> dict[str, str]:
     """Create missing topics and grow partition counts that are too small. Idempotent."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    admin = _admin(settings, 10000)
     await admin.start()
     try:
         existing = await admin.describe_topics([s.name for s in topic_specs(settings)])
@@ -65,7 +76,7 @@ async def delete_topics(settings: Settings, prefix: str) -> int:
     session: thousands of idle partitions cost the broker CPU). Returns how many were deleted."""
     if not prefix:
         raise ValueError("refusing to delete topics without a prefix")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=60000)
+    admin = _admin(settings, 60000)
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -78,20 +89,38 @@ async def delete_topics(settings: Settings, prefix: str) -> int:
 
 async def ping(settings: Settings, timeout: float = 5.0) -> None:
     """Raise ServiceUnavailable unless the broker answers a metadata request."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = _admin(settings, int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.list_topics(), timeout)
     except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        raise ServiceUnavailable(f"kafka unavailable: {type(exc).__name__}") from exc
+        raise ServiceUnavailable(f"kafka unavailable: {await diagnose(settings, exc, timeout)}") from exc
     finally:
         await admin.close()
 
 
+async def diagnose(settings: Settings, exc: BaseException, timeout: float = 5.0) -> str:
+    """Why a Kafka client could not start, in words: aiokafka logs each bootstrap server's error
+    and raises only "Unable to bootstrap", so the first server is asked again here, once, by the
+    same connection code, to read the cause (refused, TLS not trusted, SASL refused)."""
+    if not isinstance(exc, KafkaConnectionError):
+        return describe(exc)
+    from aiokafka.conn import create_conn
+
+    host, _, port = settings.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        conn = await asyncio.wait_for(create_conn(host, int(port), request_timeout_ms=int(timeout * 1000),
+                                                  **kafka_options(settings)), timeout)
+    except (KafkaError, OSError, asyncio.TimeoutError) as cause:
+        return describe(cause)
+    conn.close()
+    return describe(exc)
+
+
 async def consumer_lag(settings: Settings, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
     """Lag (end offset - committed offset) of ``group`` per (topic, partition)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    admin = _admin(settings, 5000)
+    consumer = _consumer(settings)
     await admin.start()
     await consumer.start()
     try:
@@ -116,7 +145,7 @@ async def consumer_lag(settings: Settings, group: str, topics: list[str]) -> dic
 async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
     """Offsets ``group`` has committed on ``topic``, per partition (partitions without a commit
     are left out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    admin = _admin(settings, 5000)
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
@@ -128,8 +157,8 @@ async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[
 
 async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The end offset (next offset to be written) of every partition of ``topic``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    admin = _admin(settings, 5000)
+    consumer = _consumer(settings)
     await admin.start()
     await consumer.start()
     try:

@@ -27,6 +27,7 @@ def init() -> None:
     import asyncpg
 
     from app import broker
+    from app.security import postgres_ssl
     from app.storage.database import migrate
     from app.storage.objectstore import ObjectStore
 
@@ -38,7 +39,7 @@ def init() -> None:
         async with ObjectStore(settings) as store:
             await store.ensure_bucket()
         console.print(f"bucket {settings.s3_bucket}: ready")
-        conn = await asyncpg.connect(settings.postgres_dsn.get_secret_value())
+        conn = await asyncpg.connect(settings.postgres_dsn.get_secret_value(), ssl=postgres_ssl(settings))
         try:
             console.print(f"migrations applied: {await migrate(conn) or 'none needed'}")
         finally:
@@ -147,10 +148,13 @@ def worker(
         import mode.loop
 
         mode.loop.use("uvloop")
-    from app import broker
     import asyncio
 
-    asyncio.run(broker.ensure_topics(settings))
+    from app.gate import wait_for_kafka
+    from app.logs import configure_logging
+
+    configure_logging(settings)
+    asyncio.run(wait_for_kafka(settings))
     from app.faust_app import get_app
 
     sys.argv = ["imgstream", "worker", "--loglevel", loglevel, "--web-port", str(settings.web_port),
@@ -179,11 +183,10 @@ def _upload_files(url: str | None, files: list[Path], concurrency: int, title: s
 
     settings = get_settings()
     base = url or f"http://{settings.web_host}:{settings.web_port}"
-    token = settings.api_token
     with _progress() as progress:
         advance = _task_factory(progress, title)(len(files))
-        results = asyncio.run(upload_many(base, files, concurrency, advance,
-                                          token.get_secret_value() if token else None, labels))
+        results = asyncio.run(upload_many(base, files, concurrency, advance, _client_token(settings, "write"),
+                                          labels))
     failed = 0
     for (path, status, body), label in zip(results, labels or [None] * len(files), strict=True):
         if status == 202:
@@ -212,6 +215,13 @@ def feedback(
     _upload_files(url, [p for p, _ in files], concurrency, "upload + label", [label for _, label in files])
 
 
+def _client_token(settings, scope: str) -> str | None:
+    """The token the CLI's client sends: the first write token (it also reads), else for reads the
+    first read token."""
+    tokens = settings.api_write_tokens or (settings.api_read_tokens if scope == "read" else ())
+    return tokens[0].get_secret_value() if tokens else None
+
+
 @cli.command("predictions")
 def predictions(
     image_id: str,
@@ -225,9 +235,11 @@ def predictions(
     import aiohttp
 
     base = url or f"http://{get_settings().web_host}:{get_settings().web_port}"
+    token = _client_token(get_settings(), "read")
 
     async def go():
-        async with aiohttp.ClientSession() as s, s.get(f"{base}/predictions/{image_id}",
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"} if token else None) as s, \
+                s.get(f"{base}/predictions/{image_id}",
                                                        params={"trace": "1"} if trace else None) as r:
             return r.status, await r.json()
 

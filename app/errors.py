@@ -29,6 +29,10 @@ class Unauthorized(ImgstreamError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(ImgstreamError):
+    status, code = 403, "forbidden"
+
+
 class NotFound(ImgstreamError):
     status, code = 404, "not_found"
 

@@ -23,6 +23,7 @@ from app.logs import configure_logging, json_logging_config
 from app.metrics import (CONSUMER_LAG, DRIFT, DRIFT_MAX, HEAP_RELEASED, HEAP_TRIM_SECONDS, LIVE_ACCURACY, LIVE_LABELLED,
                          REGISTRY, FaustSensor)
 from app.runtime import Runtime, service_for
+from app.security import faust_credentials
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("imgstream.app")
@@ -65,6 +66,8 @@ def create_app(settings: Settings) -> ImgstreamApp:
     app = ImgstreamApp(
         settings.group_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        # every client Faust opens (consumer, producer, changelogs, its topic admin) connects so
+        broker_credentials=faust_credentials(settings),
         store=f"{settings.table_store}://",
         tabledir=str(settings.worker_table_dir),
         table_standby_replicas=settings.table_standby_replicas,

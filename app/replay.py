@@ -21,6 +21,7 @@ from agents.classifiers import predict_rows
 from app import registry
 from app.errors import ModelError, Unprocessable
 from app.messages import Trace, decode_descriptors
+from app.security import kafka_options
 from app.settings import Settings
 from models.domain import CLASSIFIERS
 from app.storage.database import Database
@@ -41,7 +42,8 @@ async def replay(settings: Settings, version: str, names: list[str] | None = Non
         raise ModelError(f"bundle {bundle.version} has no descriptor space recorded; retrain it")
     group = f"{settings.app_id}-replay-{bundle.version}"
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
-                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=512)
+                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=512,
+                                **kafka_options(settings))
     await consumer.start()
     db = Database(settings)
     await db.start()

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.domain import CLASSIFIERS, DEFAULT_K
@@ -62,12 +62,32 @@ class Settings(BaseSettings):
     load each produce waits up to this long (+2.7 ms end to end p50 at 10 % load)."""
     app_id: str = "imgstream"
     """Faust application id: the consumer-group prefix and table changelog prefix."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every Kafka client of the worker and the sweeper connects: PLAINTEXT, SSL (TLS), or SASL
+    over plain TCP or TLS (Strimzi, MSK and Confluent Cloud listeners run SASL_SSL)."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    """SASL mechanism with a SASL_* security protocol."""
+    kafka_username: str | None = None
+    """SASL user name."""
+    kafka_password: SecretStr | None = None
+    """SASL password (a secret)."""
+    kafka_ca_file: Path | None = None
+    """PEM file of the CA that signed the brokers' certificates (a private CA); unset: the system's
+    trust store. The brokers' certificates and host names are always verified."""
+    kafka_cert_file: Path | None = None
+    """PEM client certificate for brokers that require mutual TLS (with kafka_key_file)."""
+    kafka_key_file: Path | None = None
+    """PEM private key of kafka_cert_file."""
 
     # --- PostgreSQL ----------------------------------------------------------------------------
     postgres_dsn: SecretStr = SecretStr("postgresql://imgstream:imgstream@127.0.0.1:5433/imgstream")
     """asyncpg DSN of the predictions database (a secret: never logged)."""
     postgres_port: int = 5433
     """Port of the local stack's PostgreSQL (the DSN must match)."""
+    postgres_ca_file: Path | None = None
+    """PEM file of the CA that signed PostgreSQL's certificate: set, every connection uses TLS and
+    verifies the certificate and host name (libpq's sslmode=verify-full). Unset, the DSN's own
+    sslmode and sslrootcert apply."""
 
     # --- S3 ------------------------------------------------------------------------------------
     s3_endpoint: str = "http://127.0.0.1:7070"
@@ -80,6 +100,9 @@ class Settings(BaseSettings):
     """S3 access key id (a secret)."""
     s3_secret_key: SecretStr = SecretStr("imgstream-secret-key")
     """S3 secret access key (a secret)."""
+    s3_ca_file: Path | None = None
+    """PEM file of the CA that signed the S3 endpoint's certificate (an https:// endpoint with a
+    private CA); unset: the system's trust store."""
     s3_data_client: Literal["aioboto3", "obstore"] = "obstore"
     """Client of the per-image S3 calls (upload's put, extractor's get): obstore (signing and I/O
     on Rust threads, off the event loop; the faster of the two in the bench's levers section) or
@@ -97,8 +120,17 @@ class Settings(BaseSettings):
     """Address the worker's web server binds to."""
     web_port: int = 6066
     """Port of the worker's web server (uploads, predictions, health, metrics, dashboard)."""
-    api_token: SecretStr | None = None
-    """If set, write endpoints (POST) require `Authorization: Bearer <token>`."""
+    api_write_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Bearer tokens (comma-separated secrets) that may upload, send feedback and call /extract and
+    /predict, and read everything a read token reads. With any read or write token set, every route
+    but the probes (/live, /ready, /health) and the dashboard's static page needs one; several at
+    once let a token be rotated without a gap (docs/SECURITY.md)."""
+    api_read_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Bearer tokens (comma-separated secrets) that may read: predictions, images, listings, stats,
+    the dashboard's data and the OpenAPI document."""
+    metrics_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Bearer tokens (comma-separated secrets) Prometheus sends to scrape /metrics; unset, /metrics
+    is open (it holds counters and timings, never images or ids)."""
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     """Largest accepted upload body in bytes (413 above)."""
     max_pixels: int = Field(40_000_000, ge=1)
@@ -245,6 +277,31 @@ class Settings(BaseSettings):
     def _groups(cls, value):
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(g.strip() for g in items if g.strip())
+
+    @model_validator(mode="after")
+    def _kafka_sasl(self):
+        if self.kafka_security_protocol.startswith("SASL_") and (not self.kafka_username or not self.kafka_password):
+            raise ValueError(f"kafka_security_protocol {self.kafka_security_protocol} needs IMGSTREAM_KAFKA_USERNAME "
+                             "and IMGSTREAM_KAFKA_PASSWORD")
+        return self
+
+    @field_validator("kafka_ca_file", "kafka_cert_file", "kafka_key_file", "postgres_ca_file", "s3_ca_file",
+                     "kafka_username", "kafka_password", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value):
+        # an empty variable (a chart value left blank) means "not set", never the current folder
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_write_tokens", "api_read_tokens", "metrics_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        out = []
+        for item in items:
+            token = item.get_secret_value() if isinstance(item, SecretStr) else str(item)
+            if token.strip():
+                out.append(SecretStr(token.strip()))
+        return tuple(out)
 
     @field_validator("shadow_bundles", mode="before")
     @classmethod

@@ -23,9 +23,14 @@ CHART_DEFAULTS = {"state_dir": "/var/lib/imgstream", "cache_dir": "/var/lib/imgs
 
 
 def secret_settings() -> list[str]:
+    """Settings whose values are secrets (SecretStr, or a list of them such as the API's tokens):
+    the chart puts them in its Secret, never in the ConfigMap."""
     schema = Settings.model_json_schema()["properties"]
-    return [name for name, prop in schema.items()
-            if any(opt.get("format") == "password" for opt in (prop.get("anyOf") or [prop]))]
+
+    def secret(opt: dict) -> bool:
+        return opt.get("format") == "password" or secret(opt.get("items", {})) if opt else False
+
+    return [name for name, prop in schema.items() if any(secret(opt) for opt in (prop.get("anyOf") or [prop]))]
 
 
 def chart_settings() -> list[str]:
@@ -119,6 +124,8 @@ def values_schema() -> dict:
                     "cooldownPeriod": {"type": "integer", "minimum": 0},
                     "drainSeconds": {"type": "number", "exclusiveMinimum": 0},
                     "frontCpuUtilization": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "kafkaAuthentication": {"type": "object", "additionalProperties": False, "properties": {
+                        "enabled": {"type": "boolean"}, "caKey": {"type": "string"}}},
                     "kafkaAuthenticationRef": {"type": "string"}}},
                 "hpa": {"type": "object", "additionalProperties": False, "properties": {
                     "enabled": {"type": "boolean"}, "cpuUtilization": {"type": "integer", "minimum": 1,
@@ -133,6 +140,9 @@ def values_schema() -> dict:
                                                          "tls": {"type": "array"}}},
             "stateVolume": {"type": "object", "properties": {"sizeLimit": {"type": "string"}}},
             "existingSecret": {"type": "string"},
+            "tlsFiles": {"type": "object", "additionalProperties": False,
+                         "properties": {"secretName": {"type": "string"},
+                                        "mountPath": {"type": "string", "pattern": "^/"}}},
             "secrets": {"type": "object", "additionalProperties": False,
                         "properties": {name: {"type": "string", "description": " ".join(
                             props[name].get("description", "").split())} for name in secret_settings()}},

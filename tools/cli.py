@@ -35,29 +35,38 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
     def stack_up(
         services: list[str] = typer.Argument(None, help="postgres, s3, kafka (default: all), prometheus"),
         with_prometheus: bool = typer.Option(False, help="also run Debian's Prometheus scraping the worker"),
+        secure: bool = typer.Option(False, help="the secured twin on its own ports: Kafka over SASL_SSL, "
+                                                "PostgreSQL and S3 over TLS, certificates and secrets made for "
+                                                "the run; the worker's settings in var/secure/imgstream.env"),
     ) -> None:
         """Install what is missing and start the services on 127.0.0.1; idempotent."""
         from tools import stack
 
         names = list(services or stack.SERVICES) + (["prometheus"] if with_prometheus else [])
-        stack.up(get_settings(), names, report=console.print)
+        stack.up(get_settings(), names, report=console.print, secure=secure)
+        if secure:
+            from tools.stack.secure import prepare
+
+            console.print(f"worker settings: set -a; . {prepare(get_settings()).env_file}; set +a")
 
 
     @stack_cli.command("down")
-    def stack_down(services: list[str] = typer.Argument(None)) -> None:
+    def stack_down(services: list[str] = typer.Argument(None),
+                   secure: bool = typer.Option(False, help="the secured twin")) -> None:
         """Stop the services this project started (by pid file)."""
         from tools import stack
 
-        stack.down(get_settings(), services, report=console.print)
+        stack.down(get_settings(), services, report=console.print, secure=secure)
 
 
     @stack_cli.command("status")
-    def stack_status(services: list[str] = typer.Argument(None)) -> None:
+    def stack_status(services: list[str] = typer.Argument(None),
+                     secure: bool = typer.Option(False, help="the secured twin")) -> None:
         """Each service with its pid and a real health check; exits 1 if one is unhealthy."""
         from tools import stack
 
         table = Table("service", "pid", "health")
-        rows = stack.status(get_settings(), services)
+        rows = stack.status(get_settings(), services, secure=secure)
         for name, pid, health in rows:
             table.add_row(name, str(pid or "-"), health if health != "healthy" else "[green]healthy[/]")
         console.print(table)

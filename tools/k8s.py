@@ -1,7 +1,7 @@
 """Offline checks of the Helm chart (deploy/helm/imgstream): ``helm lint``, ``helm template`` with
 the default values and with each example values file, every rendered manifest validated against
-the Kubernetes schemas (the kubernetes-validate package ships them) and every KEDA ScaledObject
-against the openAPIV3Schema of KEDA's own CRD. Helm is built with ``go install`` and KEDA's CRD is
+the Kubernetes schemas (the kubernetes-validate package ships them) and every KEDA ScaledObject and
+TriggerAuthentication against the openAPIV3Schema of KEDA's own CRDs. Helm is built with ``go install`` and KEDA's CRD is
 read from KEDA's Go module (the Go module proxy), both pinned and cached under the cache dir."""
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ def keda_scaledobject_schema(settings: Settings) -> dict:
     return _keda_schema(settings.cache_dir)
 
 
-@lru_cache(maxsize=2)
-def _keda_schema(cache_dir: Path) -> dict:  # one module download and parse per process
+@lru_cache(maxsize=4)
+def _keda_schema(cache_dir: Path, plural: str = "scaledobjects") -> dict:  # one download and parse per process
     modcache = cache_dir / "gomod"
     proc = _run([go_binary("to read KEDA's CRD"), "mod", "download", "-json", f"{KEDA_MODULE}@{KEDA_VERSION}"], "downloading KEDA's module",
                 env={**os.environ, "GOMODCACHE": str(modcache), "GOFLAGS": "-modcacherw"})
-    crd = Path(json.loads(proc.stdout)["Dir"]) / "config" / "crd" / "bases" / "keda.sh_scaledobjects.yaml"
+    crd = Path(json.loads(proc.stdout)["Dir"]) / "config" / "crd" / "bases" / f"keda.sh_{plural}.yaml"
     doc = yaml.safe_load(crd.read_text())
     (version,) = [v for v in doc["spec"]["versions"] if v["name"] == "v1alpha1"]
     return version["schema"]["openAPIV3Schema"]
@@ -76,14 +76,15 @@ def validate(settings: Settings, docs: list[dict]) -> Report:
     import jsonschema
     import kubernetes_validate
 
-    keda = keda_scaledobject_schema(settings)
+    keda = {"ScaledObject": keda_scaledobject_schema(settings),
+            "TriggerAuthentication": _keda_schema(settings.cache_dir, "triggerauthentications")}
     report = Report()
     for doc in docs:
         kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
         report.by_kind[kind] = report.by_kind.get(kind, 0) + 1
         try:
             if doc.get("apiVersion", "").startswith("keda.sh/"):
-                jsonschema.validate(doc, keda)
+                jsonschema.validate(doc, keda[kind])
             else:
                 kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as exc:

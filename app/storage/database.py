@@ -15,6 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from app.errors import ServiceUnavailable
+from app.security import describe, postgres_ssl
 from app.settings import Settings
 
 # Errors that mean "PostgreSQL is (going) away", retried by the agents: connection failures, the
@@ -22,6 +23,11 @@ from app.settings import Settings
 # starting, or out of connection slots.
 PG_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
            asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
+
+
+# Errors that mean "PostgreSQL refuses us": a wrong password or user, or a server that requires TLS
+# the client does not offer. Not outages, but just as retryable once the secret or setting is fixed.
+PG_REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError)
 
 
 class _Connection(asyncpg.Connection):
@@ -119,6 +125,7 @@ class Database:
             command_timeout=10,
             timeout=5,
             connection_class=_Connection,
+            ssl=postgres_ssl(self.settings),
         )
 
     async def stop(self) -> None:
@@ -142,8 +149,8 @@ class Database:
     async def ping(self) -> None:
         try:
             await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 5)
-        except PG_DOWN as exc:
-            raise ServiceUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        except (*PG_DOWN, *PG_REFUSED) as exc:
+            raise ServiceUnavailable(f"database unavailable: {describe(exc)}") from exc
 
     # --- writes --------------------------------------------------------------------------------
     async def record_upload(self, r: UploadRecord) -> None:

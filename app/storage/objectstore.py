@@ -26,6 +26,7 @@ from obstore.store import S3Store
 
 from app.errors import NotFound, ServiceUnavailable
 from app.metrics import DELETE_FAILED
+from app.security import describe
 from app.settings import Settings
 from app.storage import exit_guard
 
@@ -50,6 +51,8 @@ class ObjectStore:
                 "s3",
                 endpoint_url=self.settings.s3_endpoint,
                 region_name=self.settings.s3_region,
+                # certificates are always verified: against the private CA when one is set
+                verify=str(self.settings.s3_ca_file) if self.settings.s3_ca_file else True,
                 aws_access_key_id=self.settings.s3_access_key.get_secret_value(),
                 aws_secret_access_key=self.settings.s3_secret_key.get_secret_value(),
                 config=Config(
@@ -96,7 +99,7 @@ class ObjectStore:
         try:
             await asyncio.wait_for(self.client.head_bucket(Bucket=self.bucket), 5)
         except _S3_DOWN as exc:
-            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+            raise ServiceUnavailable(f"object store unavailable: {describe(exc)}") from exc
 
     async def put(self, key: str, body: bytes, content_type: str = "application/octet-stream", **meta: str) -> None:
         if self._data is not None:
@@ -104,7 +107,7 @@ class ObjectStore:
         try:
             await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata=meta)
         except _S3_DOWN as exc:
-            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+            raise ServiceUnavailable(f"object store unavailable: {describe(exc)}") from exc
 
     async def get(self, key: str) -> bytes:
         if self._data is not None:
@@ -118,7 +121,7 @@ class ObjectStore:
                 raise NotFound(f"object {key!r} not found") from exc
             raise ServiceUnavailable(f"object store error: {exc.response.get('Error', {}).get('Code')}") from exc
         except _S3_DOWN as exc:
-            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+            raise ServiceUnavailable(f"object store unavailable: {describe(exc)}") from exc
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; False (counted and logged, never raised) when it could not be: the caller
@@ -136,8 +139,11 @@ class ObjectStore:
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        except _S3_DOWN as exc:
+            raise ServiceUnavailable(f"object store unavailable: {describe(exc)}") from exc
         return keys
 
     # --- obstore's data path ---------------------------------------------------------------------
@@ -146,7 +152,7 @@ class ObjectStore:
             await obstore.put_async(self._data, key, body, attributes={"Content-Type": content_type, **meta},
                                     use_multipart=False)
         except (ObstoreError, OSError, asyncio.TimeoutError) as exc:
-            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+            raise ServiceUnavailable(f"object store unavailable: {describe(exc)}") from exc
 
     async def _get_fast(self, key: str) -> bytes:
         try:
@@ -155,7 +161,7 @@ class ObjectStore:
         except FileNotFoundError as exc:
             raise NotFound(f"object {key!r} not found") from exc
         except (ObstoreError, OSError, asyncio.TimeoutError) as exc:
-            raise ServiceUnavailable(f"object store unavailable: {type(exc).__name__}") from exc
+            raise ServiceUnavailable(f"object store unavailable: {describe(exc)}") from exc
 
 
 def _obstore(settings: Settings) -> S3Store:
@@ -166,7 +172,8 @@ def _obstore(settings: Settings) -> S3Store:
         secret_access_key=settings.s3_secret_key.get_secret_value(), virtual_hosted_style_request=False,
         unsigned_payload=not signs_payload(settings.s3_endpoint, settings.s3_payload_signing),
         client_options={"allow_http": settings.s3_endpoint.startswith("http://"), "connect_timeout": "3s",
-                        "timeout": "10s"},
+                        "timeout": "10s",
+                        **({"root_certificate": settings.s3_ca_file.read_bytes()} if settings.s3_ca_file else {})},
         retry_config={"max_retries": 1},
     )
 

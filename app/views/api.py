@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from pathlib import Path
 
@@ -14,16 +13,18 @@ from aiohttp import web
 
 from app.contracts import ExtractRequest, FeedbackRequest, PredictRequest
 from app.dataplane import DataPlane
-from app.errors import (BadRequest, ImgstreamError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
+from app.errors import (BadRequest, Forbidden, ImgstreamError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
                         Unprocessable, UnsupportedMediaType)
 from app.metrics import REFUSED
+from app.security import Access
 from app.settings import Settings
-from app.views.openapi import ROUTES, openapi
+from app.views.openapi import ROUTES, SCOPES, openapi
 
 log = logging.getLogger("imgstream.http")
 STATIC = Path(__file__).parent / "static"
 DATAPLANE = web.AppKey("dataplane", DataPlane)
 SETTINGS = web.AppKey("settings", Settings)
+ACCESS = web.AppKey("access", Access)
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp"}
 
 
@@ -43,7 +44,8 @@ async def errors(request: web.Request, handler):
         return await handler(request)
     except ImgstreamError as exc:
         REFUSED.labels(_route_name(request), exc.code).inc()
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServiceUnavailable) else None
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServiceUnavailable) else \
+            {"WWW-Authenticate": 'Bearer realm="imgstream"'} if isinstance(exc, Unauthorized) else None
         return _json(exc.to_dict(), exc.status, headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -69,13 +71,23 @@ async def wait_ready(request: web.Request, handler):
     return await handler(request)
 
 
-def _authorize(request: web.Request) -> None:
-    token = request.app[SETTINGS].api_token
-    if token is None:
-        return
-    given = request.headers.get("Authorization", "")
-    if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.get_secret_value().encode()):
-        raise Unauthorized("this endpoint needs `Authorization: Bearer <token>`")
+@web.middleware
+async def authorize(request: web.Request, handler):
+    """Every route's scope comes from the route table (app/views/openapi.py), /metrics included:
+    a route added there cannot be left unguarded. An unknown path falls through to its 404."""
+    resource = request.match_info.route.resource
+    method = "GET" if request.method == "HEAD" else request.method
+    scope = SCOPES.get((method, resource.canonical)) if resource is not None else None
+    if scope is not None:
+        access = request.app[ACCESS]
+        given = request.headers.get("Authorization")
+        if not access.allows(scope, given):
+            if scope == "write" and given and access.allows("read", given):
+                raise Forbidden("this token may only read; this endpoint needs a write token", code="insufficient_scope")
+            what = "a metrics token" if scope == "metrics" else f"a {scope} token"
+            raise Unauthorized(f"this endpoint needs `Authorization: Bearer <token>` with {what}"
+                               + (" (the token given is not valid here)" if given else ""))
+    return await handler(request)
 
 
 async def _read_stream(content, limit: int) -> bytes:
@@ -138,7 +150,6 @@ async def _json_request(request: web.Request, contract: type, code: str):
 
 # --- handlers ----------------------------------------------------------------------------------
 async def upload(request: web.Request) -> web.Response:
-    _authorize(request)
     body = await _upload_body(request, request.app[SETTINGS].max_upload_bytes)
     result = await request.app[DATAPLANE].upload(body)
     return _json(result, 202, {"Location": result.links.prediction})
@@ -170,12 +181,10 @@ async def predictions(request: web.Request) -> web.Response:
 
 
 async def extract(request: web.Request) -> web.Response:
-    _authorize(request)
     return _json(await request.app[DATAPLANE].extract(await _json_request(request, ExtractRequest, "invalid_request")))
 
 
 async def predict(request: web.Request) -> web.Response:
-    _authorize(request)
     req = await _json_request(request, PredictRequest, "invalid_descriptors")
     return _json(await request.app[DATAPLANE].predict(request.match_info["classifier"], req))
 
@@ -191,7 +200,6 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def feedback(request: web.Request) -> web.Response:
-    _authorize(request)
     req = await _json_request(request, FeedbackRequest, "invalid_feedback")
     return _json(await request.app[DATAPLANE].feedback(request.match_info["image_id"], req))
 
@@ -238,7 +246,9 @@ async def image(request: web.Request) -> web.Response:
 def setup(app: web.Application, dataplane: DataPlane, settings: Settings) -> None:
     app[DATAPLANE] = dataplane
     app[SETTINGS] = settings
+    app[ACCESS] = Access.from_settings(settings)
     app.middlewares.append(errors)
+    app.middlewares.append(authorize)
     app.middlewares.append(wait_ready)
     handlers = globals()
     for route in ROUTES:  # the documented routes, and only them (app/views/openapi.py)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from app import contracts as c
+from app.security import Access, Scope
 from app.settings import Settings
 from models.domain import CLASSIFIERS
 
@@ -24,7 +25,14 @@ class Route:
     request: type | None = None  # JSON body contract
     errors: dict[int, str] = field(default_factory=dict)
     params: tuple[dict, ...] = ()
-    writes: bool = False  # needs the bearer token when IMGSTREAM_API_TOKEN is set
+    # who may call it once tokens are configured (app/security.Access): "public" (the probes and the
+    # dashboard's static page, which holds no data), "read", "write" (a write token also reads),
+    # "metrics" (/metrics, with its own tokens). Default: GET reads, POST writes.
+    scope: Scope | None = None
+
+    def __post_init__(self) -> None:
+        if self.scope is None:
+            object.__setattr__(self, "scope", "read" if self.method == "get" else "write")
 
 
 def _path(name: str, schema: dict | None = None) -> dict:
@@ -39,7 +47,7 @@ IMAGE_ID = _path("image_id")
 WINDOW = _query("window_s", {"type": "integer", "minimum": 60, "maximum": 30 * 86400})
 ROUTES = (
     Route("post", "/upload", "upload", "Upload an image (JPEG, PNG or WebP); answered 202 once stored and queued.",
-          ok=(202, "Accepted: stored in S3 and queued in Kafka", c.Accepted, "application/json"), writes=True,
+          ok=(202, "Accepted: stored in S3 and queued in Kafka", c.Accepted, "application/json"),
           errors={413: "Body or pixel count above the limit", 415: "Unsupported content type",
                   422: "Not a decodable image"}),
     Route("get", "/predictions", "predictions", "Recent images with their predictions, newest first.",
@@ -55,24 +63,25 @@ ROUTES = (
           ok=(200, "The image", None, "image/*"), errors={400: "Unknown view", 404: "Unknown image id"},
           params=(IMAGE_ID, _query("view", {"type": "string", "enum": ["stored", "model"]}))),
     Route("post", "/extract", "extract", "Descriptors of a stored image, by image id or object key.",
-          ok=(200, "Descriptors", c.Descriptors, "application/json"), request=c.ExtractRequest, writes=True,
+          ok=(200, "Descriptors", c.Descriptors, "application/json"), request=c.ExtractRequest,
           errors={404: "Unknown image", 422: "Neither image_id nor a valid object_key"}),
     Route("post", "/predict/{classifier}", "predict", "Classify k descriptors with one classifier.",
-          ok=(200, "A prediction", c.PredictResult, "application/json"), request=c.PredictRequest, writes=True,
+          ok=(200, "A prediction", c.PredictResult, "application/json"), request=c.PredictRequest,
           errors={422: "Unknown classifier, wrong length or non-finite descriptors"},
           params=(_path("classifier", {"type": "string", "examples": list(CLASSIFIERS)}),)),
     Route("get", "/live", "live", "Liveness: the process and its event loop answer (nothing outside the "
           "process is asked, so an outage of Kafka, PostgreSQL or S3 never gets a worker restarted).",
-          ok=(200, "Alive", c.Liveness, "application/json")),
+          ok=(200, "Alive", c.Liveness, "application/json"), scope="public"),
     Route("get", "/ready", "health", "Readiness: Kafka, PostgreSQL, S3 and the model bundle, each checked.",
-          ok=(200, "Ready", c.Health, "application/json"), errors={503: "Something is down"}),
+          ok=(200, "Ready", c.Health, "application/json"), errors={503: "Something is down"}, scope="public"),
     Route("get", "/health", "health", "The same checks as /ready (kept for Docker health checks and scripts).",
-          ok=(200, "All healthy", c.Health, "application/json"), errors={503: "Something is down"}),
+          ok=(200, "All healthy", c.Health, "application/json"), errors={503: "Something is down"},
+          scope="public"),
     Route("get", "/stats", "stats", "Per-classifier throughput and latency, agreement and consumer lag.",
           ok=(200, "Live figures", c.Stats, "application/json")),
     Route("post", "/feedback/{image_id}", "feedback", "Send an image's true label (one of the serving bundle's "
           "classes); idempotent, the last label sent wins. Feeds the live accuracy.",
-          ok=(200, "The label stored", c.Feedback, "application/json"), request=c.FeedbackRequest, writes=True,
+          ok=(200, "The label stored", c.Feedback, "application/json"), request=c.FeedbackRequest,
           errors={400: "Malformed image id or body", 404: "Unknown image id", 422: "Not one of the bundle's classes"},
           params=(IMAGE_ID,)),
     Route("get", "/accuracy", "accuracy", "Live accuracy per bundle and classifier over the labels received "
@@ -88,10 +97,15 @@ ROUTES = (
           ok=(200, "Series", c.Timeseries, "application/json"),
           params=(WINDOW, _query("step_s", {"type": "integer", "minimum": 5, "maximum": 3600}))),
     Route("get", "/openapi.json", "openapi_json", "This document.", ok=(200, "OpenAPI 3.1", None, "application/json")),
-    Route("get", "/dashboard", "dashboard", "The live dashboard.", ok=(200, "HTML", None, "text/html")),
+    Route("get", "/dashboard", "dashboard", "The live dashboard: a static page that holds no data; it asks for a "
+          "token when the worker needs one and sends it as a header with every call.",
+          ok=(200, "HTML", None, "text/html"), scope="public"),
 )
 # Served by Faust's Prometheus sensor, not by app.views.api.
-EXTERNAL = (Route("get", "/metrics", "", "Prometheus metrics.", ok=(200, "Prometheus text format", None, "text/plain")),)
+EXTERNAL = (Route("get", "/metrics", "", "Prometheus metrics.", ok=(200, "Prometheus text format", None, "text/plain"),
+                  scope="metrics"),)
+# (method, path) -> scope, for the access middleware (app.views.api.authorize)
+SCOPES: dict[tuple[str, str], Scope] = {(r.method.upper(), r.path): r.scope for r in ROUTES + EXTERNAL}
 
 _HEALTH_DOWN = {"/health": c.Health, "/ready": c.Health}  # its 503 answers with the same document as its 200
 
@@ -102,8 +116,14 @@ def _schema(contract: type | None, media: str) -> dict:
     return {"type": "object"} if media == "application/json" else {"type": "string"}
 
 
+def _guarded(route: Route, access: Access) -> bool:
+    if route.scope == "metrics":
+        return bool(access.metrics)
+    return route.scope != "public" and access.enabled
+
+
 def openapi(settings: Settings) -> dict:
-    secured = settings.api_token is not None
+    access = Access.from_settings(settings)
     routes = ROUTES + EXTERNAL
     types = [c.Error] + [t for r in routes for t in (r.ok[2], r.request) if t is not None]
     _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
@@ -114,8 +134,10 @@ def openapi(settings: Settings) -> dict:
         responses = {str(status): {"description": text, "content": {media: {"schema": _schema(contract, media)}}}}
         refusals = {400: "Malformed request", 503: "A dependency is unavailable or the worker is starting; retry",
                     **r.errors}
-        if r.writes and secured:
+        if _guarded(r, access):
             refusals[401] = "Missing or wrong bearer token"
+            if r.scope == "write" and access.read:
+                refusals[403] = "A read token on a route that writes"
         for code, why in sorted(refusals.items()):
             body = error if r.path not in _HEALTH_DOWN or code != 503 else {
                 "content": {"application/json": {"schema": _schema(_HEALTH_DOWN[r.path], "application/json")}}}
@@ -132,8 +154,8 @@ def openapi(settings: Settings) -> dict:
                 "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                                    "properties": {"file": binary}}},
                 **{t: {"schema": binary} for t in ("image/jpeg", "image/png", "image/webp")}}}
-        if r.writes and secured:
-            op["security"] = [{"bearer": []}]
+        # the scheme per route: what a client must send here, given this worker's settings
+        op["security"] = [{"bearer": [r.scope]}] if _guarded(r, access) else []
         paths.setdefault(r.path, {})[r.method] = op
     return {
         "openapi": "3.1.0",

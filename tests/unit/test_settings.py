@@ -21,10 +21,25 @@ def test_unknown_role_is_refused(monkeypatch):
 
 
 def test_secrets_are_masked_when_printed():
-    s = Settings(s3_secret_key="very-secret", postgres_dsn="postgresql://u:pw-123@h/db", api_token="tok-456")
-    text = repr(s) + str(s) + str(s.model_dump())
-    for secret in ("very-secret", "pw-123", "tok-456"):
+    s = Settings(s3_secret_key="very-secret", postgres_dsn="postgresql://u:pw-123@h/db",
+                 api_write_tokens="tok-456,tok-457", api_read_tokens="read-1", metrics_tokens="scrape-1",
+                 kafka_security_protocol="SASL_SSL", kafka_username="u", kafka_password="kafka-pw-9")
+    text = repr(s) + str(s) + str(s.model_dump()) + s.model_dump_json()
+    for secret in ("very-secret", "pw-123", "tok-456", "tok-457", "read-1", "scrape-1", "kafka-pw-9"):
         assert secret not in text
+    assert [t.get_secret_value() for t in s.api_write_tokens] == ["tok-456", "tok-457"]
+
+
+def test_tokens_are_a_comma_separated_list_and_blank_files_are_unset(monkeypatch):
+    monkeypatch.setenv("IMGSTREAM_API_READ_TOKENS", " r1 , ,r2 ")
+    monkeypatch.setenv("IMGSTREAM_KAFKA_CA_FILE", "")  # a chart value left blank
+    s = Settings()
+    assert [t.get_secret_value() for t in s.api_read_tokens] == ["r1", "r2"] and s.kafka_ca_file is None
+
+
+def test_sasl_without_credentials_is_refused_at_start():
+    with pytest.raises(ValidationError, match="IMGSTREAM_KAFKA_USERNAME"):
+        Settings(kafka_security_protocol="SASL_SSL")
 
 
 def test_every_setting_is_documented():

@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pydantic import SecretStr
+
 from app.errors import ImgstreamError
 from tools.errors import ToolingError
+from app.security import postgres_ssl
 from app.settings import Settings
 from tools.process import Process, go_binary, run_checked as _run, wait_until
+from tools.stack.secure import KAFKA_ADMIN, KAFKA_USER, SecureStack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"
@@ -61,6 +65,7 @@ class Service:
     settings: Settings
     name: str = ""
     start_timeout: float = 90.0
+    secure: SecureStack | None = None  # TLS and passwords (``stack up --secure``)
     proc: Process = field(init=False)
 
     def __post_init__(self) -> None:
@@ -106,8 +111,8 @@ class Service:
 class Kafka(Service):
     """Apache Kafka in KRaft mode (combined broker+controller), jars from Maven Central."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "kafka", start_timeout=120)
+    def __init__(self, settings: Settings, secure: SecureStack | None = None) -> None:
+        super().__init__(settings, "kafka", start_timeout=120, secure=secure)
         self.libs = settings.cache_dir / f"kafka-{settings.kafka_version}" / "libs"
         host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
@@ -135,15 +140,17 @@ class Kafka(Service):
     def _write_config(self) -> Path:
         data = self.dir / "data"
         props = self.dir / "server.properties"
-        props.write_text("\n".join([
+        listener = "SASL_SSL" if self.secure else "PLAINTEXT"
+        lines = [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.port + 1}",
-            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.port + 1}",
-            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            f"listeners={listener}://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.port + 1}",
+            f"advertised.listeners={listener}://{self.host}:{self.port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"inter.broker.listener.name={listener}",
+            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
+            *self._security_config(),
             f"log.dirs={data}",
             f"num.partitions={self.settings.topic_partitions}",
             "auto.create.topics.enable=false",
@@ -154,7 +161,10 @@ class Kafka(Service):
             "group.initial.rebalance.delay.ms=0",
             "log.retention.check.interval.ms=60000",
             "",
-        ]))
+        ]
+        # the listener's SASL configuration holds the admin's password: readable by its owner only
+        props.touch(mode=0o600)
+        props.write_text("\n".join(lines))
         (self.dir / "log4j.properties").write_text(
             "log4j.rootLogger=INFO, stdout\n"
             "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
@@ -164,9 +174,53 @@ class Kafka(Service):
             "log4j.logger.state.change.logger=WARN\nlog4j.logger.kafka.request.logger=WARN\n"
         )
         if not (data / "meta.properties").exists():
-            _run(self._java("kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c", str(props)),
+            # the broker's own user exists before it starts (it authenticates to itself as a broker)
+            (self.dir / ".user-created").unlink(missing_ok=True)
+            scram = ["--add-scram", f"SCRAM-SHA-512=[name={KAFKA_ADMIN},password={self.secure.secrets['kafka_admin_password']}]"] \
+                if self.secure else []
+            _run(self._java("kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c", str(props), *scram),
                  "formatting Kafka storage")
         return props
+
+    def _security_config(self) -> list[str]:
+        """A SASL_SSL listener: SCRAM-SHA-512 (users kept by Kafka, made with its ConfigCommand)
+        and PLAIN (users listed in the listener's JAAS entry), TLS from the stack's PEM files."""
+        if self.secure is None:
+            return []
+        s, tls = self.secure.secrets, self.secure.tls
+        admin = f'username="{KAFKA_ADMIN}" password="{s["kafka_admin_password"]}"'
+        return [
+            "sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            f"org.apache.kafka.common.security.scram.ScramLoginModule required {admin};",
+            f"listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
+            f'required {admin} user_{KAFKA_ADMIN}="{s["kafka_admin_password"]}" '
+            f'user_{KAFKA_USER}="{s["kafka_password"]}";',
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={tls / 'server-keystore.pem'}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={tls / 'ca.pem'}",
+            "ssl.client.auth=none",
+        ]
+
+    def _create_user(self) -> None:
+        """The worker's SCRAM user, made (or its password set again) with Kafka's ConfigCommand over
+        the secured listener as the admin. The admin's password travels in a file; the user's is on
+        the tool's command line for the second it runs (its --add-config-file does not parse SCRAM
+        credentials in Kafka 3.9)."""
+        s, tls = self.secure.secrets, self.secure.tls
+        admin = self.dir / "admin.properties"
+        admin.touch(mode=0o600)
+        admin.write_text("\n".join([
+            "security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512",
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{KAFKA_ADMIN}" password="{s["kafka_admin_password"]}";',
+            "ssl.truststore.type=PEM", f"ssl.truststore.location={tls / 'ca.pem'}", ""]))
+        _run(self._java("kafka.admin.ConfigCommand", "--bootstrap-server", f"{self.host}:{self.port}",
+                        "--command-config", str(admin), "--alter", "--entity-type", "users",
+                        "--entity-name", KAFKA_USER, "--add-config", f"SCRAM-SHA-512=[password={s['kafka_password']}]"),
+             f"creating the Kafka user {KAFKA_USER}")
 
     def launch(self) -> None:
         props = self._write_config()
@@ -174,18 +228,25 @@ class Kafka(Service):
 
     def health(self) -> str | None:
         from app import broker
-        return _health(lambda: broker.ping(self.settings, timeout=3))
+
+        # the secured broker is checked as its admin: the worker's user is made once it runs
+        settings = self.settings if self.secure is None else self.settings.model_copy(update={
+            "kafka_username": KAFKA_ADMIN, "kafka_password": SecretStr(self.secure.secrets["kafka_admin_password"])})
+        return _health(lambda: broker.ping(settings, timeout=3))
 
     def provision(self) -> None:
         from app import broker
+        if self.secure is not None and not (self.dir / ".user-created").exists():
+            self._create_user()
+            (self.dir / ".user-created").touch()
         asyncio.run(broker.ensure_topics(self.settings))
 
 
 class Postgres(Service):
     """PostgreSQL from Debian's packages, a private cluster on 127.0.0.1:<postgres_port>."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "postgres", start_timeout=60)
+    def __init__(self, settings: Settings, secure: SecureStack | None = None) -> None:
+        super().__init__(settings, "postgres", start_timeout=60, secure=secure)
         self.port = settings.postgres_port
         self.dsn = urlparse(settings.postgres_dsn.get_secret_value())
 
@@ -234,7 +295,7 @@ class Postgres(Service):
         sockdir = Path("/tmp")
         _run(self._as_owner() + [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(self.proc.log_file),
                                  "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {sockdir} "
-                                       "-c max_connections=200 -c fsync=on",
+                                       f"-c max_connections=200 -c fsync=on {self._tls_options(data)}",
                                  "-w", "-t", "60", "start"], "starting PostgreSQL")
         pid = int((data / "postmaster.pid").read_text().split()[0])
         self.proc.adopt(pid)
@@ -243,12 +304,33 @@ class Postgres(Service):
         # Local socket connections trust the OS user 'postgres' (for provisioning); TCP needs a password.
         _run(self._as_owner() + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
                                  "--auth-local=trust", "--auth-host=scram-sha-256"], "initdb")
+        if self.secure is not None:
+            # TCP only over TLS, with a password; a plain-text connection is refused outright
+            (data / "pg_hba.conf").write_text("local all all trust\n"
+                                              "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+                                              "hostnossl all all 0.0.0.0/0 reject\n")
+
+    def _tls_options(self, data: Path) -> str:
+        """Server options for TLS: the certificate and a copy of its key that only the server's
+        owner reads (PostgreSQL refuses a key file others can read)."""
+        if self.secure is None:
+            return ""
+        key = data / "server.key"
+        key.write_bytes(self.secure.server_key.read_bytes())
+        key.chmod(0o600)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(key, pw.pw_uid, pw.pw_gid)
+        cert = data / "server.pem"
+        cert.write_bytes(self.secure.server_cert.read_bytes())
+        return f"-c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
 
     def health(self) -> str | None:
         import asyncpg
 
         async def check() -> None:
-            conn = await asyncpg.connect(self.settings.postgres_dsn.get_secret_value(), timeout=3)
+            conn = await asyncpg.connect(self.settings.postgres_dsn.get_secret_value(), timeout=3,
+                                         ssl=postgres_ssl(self.settings))
             await conn.fetchval("SELECT 1")
             await conn.close()
 
@@ -287,7 +369,7 @@ class Postgres(Service):
                     await conn.execute(f'CREATE DATABASE "{database}" OWNER "{user}"')
             finally:
                 await conn.close()
-            conn = await asyncpg.connect(self.settings.postgres_dsn.get_secret_value())
+            conn = await asyncpg.connect(self.settings.postgres_dsn.get_secret_value(), ssl=postgres_ssl(self.settings))
             try:
                 await migrate(conn)
             finally:
@@ -335,8 +417,8 @@ def metadata_store(root: Path, probe=os.setxattr) -> str:
 class ObjectStoreServer(Service):
     """versitygw (Apache-2.0) serving a POSIX folder as S3 on 127.0.0.1."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "s3", start_timeout=30)
+    def __init__(self, settings: Settings, secure: SecureStack | None = None) -> None:
+        super().__init__(settings, "s3", start_timeout=30, secure=secure)
         self.binary = settings.cache_dir / "bin" / "versitygw"
         self.address = urlparse(settings.s3_endpoint).netloc
 
@@ -357,8 +439,9 @@ class ObjectStoreServer(Service):
         # Credentials travel in the environment, never on the command line (visible in ps).
         # --keep-alive: versitygw answers every request with "Connection: close" otherwise, and a
         # new TCP connection per object cost both sides measurable CPU (docs/BENCHMARKS.md).
+        tls = ["--cert", str(self.secure.server_cert), "--key", str(self.secure.server_key)] if self.secure else []
         self.proc.start(
-            [str(self.binary), "--port", self.address, "--quiet", "--keep-alive", "posix", *store, str(data)],
+            [str(self.binary), "--port", self.address, "--quiet", "--keep-alive", *tls, "posix", *store, str(data)],
             env={"ROOT_ACCESS_KEY_ID": self.settings.s3_access_key.get_secret_value(),
                  "ROOT_SECRET_ACCESS_KEY": self.settings.s3_secret_key.get_secret_value(),
                  "VGW_REGION": self.settings.s3_region},
@@ -386,8 +469,8 @@ class ObjectStoreServer(Service):
 class Prometheus(Service):
     """Debian's Prometheus on 127.0.0.1:9090 scraping the worker's /metrics (``--with-prometheus``)."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "prometheus", start_timeout=60)
+    def __init__(self, settings: Settings, secure: SecureStack | None = None) -> None:
+        super().__init__(settings, "prometheus", start_timeout=60, secure=secure)
 
     def install(self) -> None:
         if shutil.which("prometheus") is None:
@@ -419,26 +502,34 @@ SERVICES = {"postgres": Postgres, "s3": ObjectStoreServer, "kafka": Kafka}
 OPTIONAL = {"prometheus": Prometheus}
 
 
-def _select(settings: Settings, names: list[str] | None, running_optional: bool = False) -> list[Service]:
+def _select(settings: Settings, names: list[str] | None, running_optional: bool = False,
+            secure: bool = False) -> list[Service]:
     known = {**SERVICES, **OPTIONAL}
     chosen = list(names or SERVICES)
+    stack = None
+    if secure:  # the secured twin: its own ports, state, certificates and secrets
+        from tools.stack.secure import prepare
+
+        stack = prepare(settings)
+        settings = stack.settings(settings)
     if not names and running_optional:  # down/status also cover optional services we started
-        chosen += [n for n, cls in OPTIONAL.items() if cls(settings).proc.pid() is not None]
+        chosen += [n for n, cls in OPTIONAL.items() if cls(settings, stack).proc.pid() is not None]
     unknown = set(chosen) - set(known)
     if unknown:
         raise ToolingError(f"unknown service(s): {sorted(unknown)}; choose from {sorted(known)}")
-    return [known[n](settings) for n in chosen]
+    return [known[n](settings, stack) for n in chosen]
 
 
-def up(settings: Settings, names: list[str] | None = None, report=print) -> None:
-    for svc in _select(settings, names):
-        report(f"{svc.name}: {svc.up()}")
+def up(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False) -> None:
+    for svc in _select(settings, names, secure=secure):
+        report(f"{svc.name}{' (secured)' if secure else ''}: {svc.up()}")
 
 
-def down(settings: Settings, names: list[str] | None = None, report=print) -> None:
-    for svc in reversed(_select(settings, names, running_optional=True)):
-        report(f"{svc.name}: {svc.down()}")
+def down(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False) -> None:
+    for svc in reversed(_select(settings, names, running_optional=True, secure=secure)):
+        report(f"{svc.name}{' (secured)' if secure else ''}: {svc.down()}")
 
 
-def status(settings: Settings, names: list[str] | None = None) -> list[tuple[str, int | None, str]]:
-    return [(svc.name, *svc.status()) for svc in _select(settings, names, running_optional=True)]
+def status(settings: Settings, names: list[str] | None = None,
+           secure: bool = False) -> list[tuple[str, int | None, str]]:
+    return [(svc.name, *svc.status()) for svc in _select(settings, names, running_optional=True, secure=secure)]

@@ -50,3 +50,13 @@ app.kubernetes.io/component: {{ .role }}
 {{- fail (printf "roles.%s.minReplicas exceeds its maxReplicas" .role) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* settings.kafka_security_protocol and kafka_sasl_mechanism in the words of KEDA's Kafka scaler. */}}
+{{- define "imgstream.kedaSasl" -}}
+{{- $s := .Values.settings -}}
+{{- if not (hasPrefix "SASL_" ($s.kafka_security_protocol | default "PLAINTEXT")) -}}none
+{{- else -}}
+{{- $mechanism := $s.kafka_sasl_mechanism | default "SCRAM-SHA-512" -}}
+{{- get (dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512") $mechanism -}}
+{{- end -}}
+{{- end -}}
