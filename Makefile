@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
 DATA ?= ../shared/datasets/cifar10/train.tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup up down run test test-unit bench bundle quick-bundle
+.PHONY: setup up down run test test-unit bench bundle quick-bundle secure-up
 
 setup:
 	./scripts/bootstrap.sh
@@ -17,6 +17,7 @@ up: setup
 
 down:
 	imgstream stack down
+	@if [ -d var/secure ]; then imgstream stack down --secure; fi
 
 # A full model (all 50,000 images, ~12 min on 2 cores: measured 736 s) unless one is already published.
 bundle: up
@@ -33,6 +34,11 @@ quick-bundle: up
 	$(TEST_ENV) imgstream stack up
 	$(TEST_ENV) imgstream models train --data $(DATA) --limit-per-class 300 --no-sweep
 
+# The secured twin of the stack (SASL_SSL Kafka, PostgreSQL and S3 over TLS) for the tests that
+# run the pipeline on it (tests/integration/test_secured_stack.py).
+secure-up: up
+	$(TEST_ENV) imgstream stack up --secure
+
 # Serves a quick model first where no full one is published yet (the full one trains in the
 # background and is promoted without a restart): scripts/run.sh.
 run: up
@@ -40,7 +46,7 @@ run: up
 
 # What only the tests use (Chromium, Prometheus, the docker compose plugin): bootstrap installs it.
 test: export IMGSTREAM_TEST_TOOLS := 1
-test: up quick-bundle
+test: up quick-bundle secure-up
 	$(TEST_ENV) $(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
 # No service needed: the agents run in process (tests/unit/inprocess.py); prints the coverage of

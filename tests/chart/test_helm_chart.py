@@ -115,3 +115,50 @@ def test_without_keda_an_hpa_on_cpu_per_role(settings):
     docs = k8s.template(settings, sets=["autoscaling.keda.enabled=false", "autoscaling.hpa.enabled=true"])
     assert not _kind(docs, "ScaledObject") and len(_kind(docs, "HorizontalPodAutoscaler")) == len(ROLES)
     assert k8s.validate(settings, docs).errors == []
+
+
+SECURED = chart.CHART / "examples" / "secured.yaml"
+
+
+def test_the_secured_example_wires_one_secret_the_ca_files_and_keda(settings):
+    docs = k8s.template(settings, [SECURED])
+    report = k8s.validate(settings, docs)
+    assert report.errors == [] and report.by_kind["TriggerAuthentication"] == 1
+    values = yaml.safe_load(SECURED.read_text())
+    (config,) = _kind(docs, "ConfigMap").values()
+    assert config["data"]["IMGSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    for name in ("KAFKA_CA_FILE", "POSTGRES_CA_FILE", "S3_CA_FILE"):
+        assert config["data"][f"IMGSTREAM_{name}"].startswith(values["tlsFiles"]["mountPath"] + "/")
+    assert not any("PASSWORD" in k or "TOKENS" in k for k in config["data"]), "secrets stay out of the ConfigMap"
+    for name, deployment in _kind(docs, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert {"secretRef": {"name": "imgstream-credentials"}} in c["envFrom"]
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "tls"]
+        assert mount == {"name": "tls", "mountPath": "/etc/imgstream/tls", "readOnly": True}
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == "imgstream-ca"
+    (auth,) = _kind(docs, "TriggerAuthentication").values()
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert refs["password"] == ("imgstream-credentials", "IMGSTREAM_KAFKA_PASSWORD")
+    assert refs["ca"] == ("imgstream-ca", "kafka-ca.pem") and set(refs) == {"sasl", "username", "password", "tls", "ca"}
+    for scaled in _kind(docs, "ScaledObject").values():
+        for trigger in scaled["spec"]["triggers"]:
+            if trigger["type"] == "kafka":
+                assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+
+
+@pytest.mark.parametrize("mechanism,protocol,sasl,tls", [
+    ("SCRAM-SHA-512", "SASL_SSL", "scram_sha512", "enable"), ("PLAIN", "SASL_SSL", "plaintext", "enable"),
+    ("SCRAM-SHA-256", "SASL_PLAINTEXT", "scram_sha256", "disable"), ("PLAIN", "SSL", "none", "enable"),
+])
+def test_the_charts_own_secret_tells_keda_the_workers_kafka_security(settings, mechanism, protocol, sasl, tls):
+    docs = k8s.template(settings, sets=["autoscaling.keda.kafkaAuthentication.enabled=true",
+                                        f"settings.kafka_security_protocol={protocol}",
+                                        f"settings.kafka_sasl_mechanism={mechanism}", "settings.kafka_username=u",
+                                        "secrets.kafka_password=pw", "secrets.api_write_tokens=t1\\,t2"])
+    (secret,) = _kind(docs, "Secret").values()
+    data = secret["stringData"]
+    assert (data["KEDA_KAFKA_SASL"], data["KEDA_KAFKA_TLS"], data["KEDA_KAFKA_USERNAME"]) == (sasl, tls, "u")
+    assert data["IMGSTREAM_API_WRITE_TOKENS"] == "t1,t2" and data["IMGSTREAM_KAFKA_PASSWORD"] == "pw"
+    assert k8s.validate(settings, docs).errors == []

@@ -18,35 +18,46 @@ from tests.conftest import REPO
 from tests.workers import Worker, isolated_env
 
 pytestmark = pytest.mark.e2e
-SECRETS = {"IMGSTREAM_API_TOKEN": "tok-" + uuid.uuid4().hex}
+SECRETS = {"IMGSTREAM_API_WRITE_TOKENS": "old-" + uuid.uuid4().hex + ",tok-" + uuid.uuid4().hex,
+           "IMGSTREAM_API_READ_TOKENS": "read-" + uuid.uuid4().hex}
 
 
-async def test_bearer_token_guards_write_endpoints_and_secrets_stay_out_of_logs(stack, sample_images, tmp_path):
+async def test_tokens_guard_reads_and_writes_and_secrets_stay_out_of_logs(stack, sample_images, tmp_path):
     worker = Worker(isolated_env(uuid.uuid4().hex[:8], **SECRETS), log_dir=tmp_path).start()
     try:
         await asyncio.to_thread(worker.wait_healthy)
-        token = SECRETS["IMGSTREAM_API_TOKEN"]
+        token = SECRETS["IMGSTREAM_API_WRITE_TOKENS"].split(",")[1]  # the second of two: rotation
+        read = SECRETS["IMGSTREAM_API_READ_TOKENS"]
         async with aiohttp.ClientSession() as s:
             status, body = await upload_bytes(s, worker.url, sample_images[0][1])
             assert status == 401 and body["error"]["code"] == "unauthorized"
             status, body = await upload_bytes(s, worker.url, sample_images[0][1], token="wrong")
             assert status == 401
+            status, body = await upload_bytes(s, worker.url, sample_images[0][1], token=read)
+            assert status == 403 and body["error"]["code"] == "insufficient_scope"
             for path in ("/extract", "/predict/fast"):
                 async with s.post(f"{worker.url}{path}", json={}) as r:
                     assert r.status == 401
             status, body = await upload_bytes(s, worker.url, sample_images[0][1], token=token)
             assert status == 202
-            async with s.get(f"{worker.url}/predictions/{body['image_id']}") as r:
-                assert r.status == 200, "reads stay open"
-            async with s.get(f"{worker.url}/openapi.json") as r:
-                assert (await r.json())["paths"]["/upload"]["post"]["security"] == [{"bearer": []}]
+            image_id = body["image_id"]
+            for path in (f"/predictions/{image_id}", f"/images/{image_id}", "/predictions?limit=5", "/stats",
+                         "/openapi.json", "/timeseries"):
+                async with s.get(f"{worker.url}{path}") as r:
+                    assert r.status == 401, path
+                async with s.get(f"{worker.url}{path}", headers={"Authorization": f"Bearer {read}"}) as r:
+                    assert r.status == 200, path
+            async with s.get(f"{worker.url}/openapi.json", headers={"Authorization": f"Bearer {read}"}) as r:
+                assert (await r.json())["paths"]["/upload"]["post"]["security"] == [{"bearer": ["write"]}]
+            async with s.get(f"{worker.url}/metrics") as r:
+                assert r.status == 200, "no metrics token configured: Prometheus scrapes as before"
             async with s.get(f"{worker.url}/health") as r:
                 health = await r.text()
     finally:
         worker.stop()
     log = worker.log_path.read_text(errors="replace")
-    for secret in (token, stack.s3_secret_key.get_secret_value(), "imgstream-secret-key",
-                   stack.postgres_dsn.get_secret_value()):
+    for secret in (*SECRETS["IMGSTREAM_API_WRITE_TOKENS"].split(","), read, stack.s3_secret_key.get_secret_value(),
+                   "imgstream-secret-key", stack.postgres_dsn.get_secret_value()):
         assert secret not in log and secret not in health
 
 

@@ -65,3 +65,19 @@ def test_causes_are_named_and_chained_causes_are_read():
                      "CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate (_ssl")
     assert describe(boto) == ("TLS certificate not trusted (unable to get local issuer certificate); "
                               "check the CA file setting")
+
+
+def test_generated_settings_tables_never_carry_a_configured_secret(monkeypatch):
+    from tools import chart, docs
+
+    secrets = {"IMGSTREAM_KAFKA_PASSWORD": "kp-1", "IMGSTREAM_API_WRITE_TOKENS": "wt-1", "IMGSTREAM_METRICS_TOKENS": "mt-1",
+               "IMGSTREAM_S3_SECRET_KEY": "s3-1", "IMGSTREAM_POSTGRES_DSN": "postgresql://u:pg-1@h/db"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("IMGSTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("IMGSTREAM_KAFKA_USERNAME", "u")
+    Settings()  # they are configured and valid
+    text = docs.settings_table() + chart.settings_block() + chart.render_schema()
+    for value in ("kp-1", "wt-1", "mt-1", "s3-1", "pg-1"):
+        assert value not in text
+    assert set(chart.secret_settings()) >= {"kafka_password", "api_write_tokens", "api_read_tokens", "metrics_tokens"}
