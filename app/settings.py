@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SecretsSettingsSource, SettingsConfigDict
 
 from models.domain import CLASSIFIERS, DEFAULT_K
 
@@ -29,10 +29,17 @@ Backbone = Literal["efficientnet_lite0", "resnet50"]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="IMGSTREAM_", env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True
+        env_prefix="IMGSTREAM_", env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True,
+        # an empty variable is unset: a compose override or a chart value left blank falls back to
+        # the secret's file (secrets_dir) or the default
+        env_ignore_empty=True,
     )
 
     # --- where things live -------------------------------------------------------------------
+    secrets_dir: Path | None = None
+    """A folder of files, one per setting, each named like its variable (``IMGSTREAM_KAFKA_PASSWORD``,
+    any case) and holding its value: how Docker and Kubernetes mount secrets. A variable set in the
+    environment wins over its file. Read from the environment only."""
     state_dir: Path = Path("var")
     """Project-owned directory for the local stack's data, logs and pid files, and bundle cache."""
     cache_dir: Path = Path.home() / ".cache" / "imgstream"
@@ -277,6 +284,14 @@ class Settings(BaseSettings):
     def _groups(cls, value):
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(g.strip() for g in items if g.strip())
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        folder = os.environ.get("IMGSTREAM_SECRETS_DIR", "").strip()
+        if folder:
+            file_secret_settings = SecretsSettingsSource(settings_cls, secrets_dir=folder)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @model_validator(mode="after")
     def _kafka_sasl(self):

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "deploy" / "helm" / "imgstream"
 BENCHMARKS_JSON = REPO / "docs" / "BENCHMARKS.json"
 # Set by the chart per pod, not from values.settings.
-PER_POD = ("roles", "web_host", "web_port")
+PER_POD = ("roles", "web_host", "web_port", "secrets_dir")
 # Where the chart's defaults differ from a local worker's.
 CHART_DEFAULTS = {"state_dir": "/var/lib/imgstream", "cache_dir": "/var/lib/imgstream/cache", "log_json": True}
 

@@ -133,7 +133,12 @@ def test_the_secured_example_wires_one_secret_the_ca_files_and_keda(settings):
     for name, deployment in _kind(docs, "Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
         (c,) = pod["containers"]
-        assert {"secretRef": {"name": "imgstream-credentials"}} in c["envFrom"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        (secrets,) = [m for m in c["volumeMounts"] if m["name"] == "secrets"]
+        assert secrets["readOnly"] and env["IMGSTREAM_SECRETS_DIR"] == secrets["mountPath"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+        assert volume["secret"]["secretName"] == "imgstream-credentials"
+        assert not any("secretRef" in e for e in c["envFrom"]), "credentials are files, not variables"
         (mount,) = [m for m in c["volumeMounts"] if m["name"] == "tls"]
         assert mount == {"name": "tls", "mountPath": "/etc/imgstream/tls", "readOnly": True}
         (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]

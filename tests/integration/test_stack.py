@@ -104,6 +104,52 @@ def test_docker_compose_file_is_valid():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_secured_compose_override_passes_credentials_as_files_only(tmp_path):
+    """deploy/compose/secured.yml: the worker and init read every credential from Docker secrets,
+    the CA files are mounted read-only, and the local plaintext services stay off."""
+    import json
+    import os
+    import shutil
+
+    from tests.conftest import REPO, missing
+    from tools.chart import secret_settings
+
+    if shutil.which("docker") is None:
+        missing("no docker client on this machine")
+    (tmp_path / "tls").mkdir()
+    env = {**os.environ, "IMGSTREAM_SECRETS": str(tmp_path), "IMGSTREAM_KAFKA_BOOTSTRAP": "kafka.example:9093",
+           "IMGSTREAM_S3_ENDPOINT": "https://s3.example"}
+    proc = subprocess.run(["docker", "compose", "-f", str(REPO / "docker-compose.yml"), "-f",
+                           str(REPO / "deploy" / "compose" / "secured.yml"), "config", "--format", "json"],
+                          capture_output=True, text=True, env=env)
+    if "is not a docker command" in proc.stderr or "unknown command" in proc.stderr:
+        missing("docker client without the compose plugin")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert not {"kafka", "postgres", "s3"} & set(config["services"])
+    for name in ("init", "worker"):
+        service = config["services"][name]
+        files = {s["target"].removeprefix("/run/secrets/") for s in service["secrets"]}
+        assert files == {f"imgstream_{n}" for n in secret_settings()}
+        assert all(not service["environment"].get(f"IMGSTREAM_{n.upper()}") for n in secret_settings())
+        (tls,) = [v for v in service["volumes"] if v["target"] == "/etc/imgstream/tls"]
+        assert tls["read_only"] and tls["source"] == str(tmp_path / "tls")
+        assert service["environment"]["IMGSTREAM_SECRETS_DIR"] == "/run/secrets"
+    # what the worker makes of it: the files, read as the settings they are named after
+    run = tmp_path / "run"
+    run.mkdir()
+    for n in secret_settings():
+        (run / f"imgstream_{n}").write_text(f"value-of-{n}\n" if n != "postgres_dsn" else "postgresql://u:p@h/d\n")
+    worker_env = {k: str(v) for k, v in config["services"]["worker"]["environment"].items() if v is not None}
+    worker_env["IMGSTREAM_SECRETS_DIR"] = str(run)
+    proc = subprocess.run([sys.executable, "-c", "from app.settings import Settings; s = Settings(); "
+                           "print(s.kafka_password.get_secret_value(), s.api_write_tokens[0].get_secret_value(), "
+                           "s.postgres_dsn.get_secret_value(), s.kafka_security_protocol)"],
+                          capture_output=True, text=True, cwd=REPO, env={"PATH": os.environ["PATH"], **worker_env})
+    assert proc.stdout.split() == ["value-of-kafka_password", "value-of-api_write_tokens", "postgresql://u:p@h/d",
+                                   "SASL_SSL"], proc.stderr
+
+
 def test_prometheus_scrapes_the_worker(stack, pipeline):
     """`imgstream stack up --with-prometheus`: Debian's Prometheus, scraping a worker's /metrics."""
     import json

@@ -80,3 +80,17 @@ def test_front_runs_no_agent_and_keeps_the_group_of_the_agents_beside_it(monkeyp
 def test_puts_sign_their_body_only_where_nothing_else_guards_it(endpoint, mode, signed):
     from app.storage.objectstore import signs_payload
     assert signs_payload(endpoint, mode) is signed
+
+
+def test_secrets_come_from_files_named_like_their_variables_and_the_environment_wins(monkeypatch, tmp_path):
+    (tmp_path / "imgstream_api_write_tokens").write_text("from-file-1,from-file-2\n")
+    (tmp_path / "IMGSTREAM_KAFKA_PASSWORD").write_text("kafka-from-file\n")
+    (tmp_path / "imgstream_s3_secret_key").write_text("s3-from-file")
+    monkeypatch.setenv("IMGSTREAM_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("IMGSTREAM_S3_SECRET_KEY", "s3-from-env")
+    monkeypatch.setenv("IMGSTREAM_POSTGRES_DSN", "")  # empty is unset: the default, or a file, applies
+    s = Settings()
+    assert [t.get_secret_value() for t in s.api_write_tokens] == ["from-file-1", "from-file-2"]
+    assert s.kafka_password.get_secret_value() == "kafka-from-file"
+    assert s.s3_secret_key.get_secret_value() == "s3-from-env"
+    assert s.postgres_dsn.get_secret_value() == Settings.model_fields["postgres_dsn"].default.get_secret_value()
