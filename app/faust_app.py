@@ -93,6 +93,12 @@ def create_app(settings: Settings) -> ImgstreamApp:
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_application_options={"client_max_size": settings.max_upload_bytes + (1 << 20)},
+        # Faust's own pages (/router, /table/<name>/<key>, the index at /) would serve outside the
+        # route table and its access control; the API is the route table (app/views/openapi.py)
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         datadir=str((settings.state_dir / "faust" / settings.group_id).resolve()),
         # With IMGSTREAM_LOG_JSON, Faust's and mode's own lines are JSON too (one formatter for all).
         logging_config=json_logging_config(settings) if settings.log_json else None,

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from app.contracts import ExtractRequest, FeedbackRequest, PredictRequest
 from app.dataplane import DataPlane
-from app.errors import (BadRequest, Forbidden, ImgstreamError, PayloadTooLarge, ServiceUnavailable, Unauthorized,
-                        Unprocessable, UnsupportedMediaType)
+from app.errors import (BadRequest, Forbidden, ImgstreamError, NotFound, PayloadTooLarge, ServiceUnavailable,
+                        Unauthorized, Unprocessable, UnsupportedMediaType)
 from app.metrics import REFUSED
 from app.security import Access
 from app.settings import Settings
@@ -74,19 +74,22 @@ async def wait_ready(request: web.Request, handler):
 @web.middleware
 async def authorize(request: web.Request, handler):
     """Every route's scope comes from the route table (app/views/openapi.py), /metrics included:
-    a route added there cannot be left unguarded. An unknown path falls through to its 404."""
+    a route added there cannot be left unguarded, and a route mounted any other way is not served.
+    An unknown path falls through to the router's 404."""
     resource = request.match_info.route.resource
-    method = "GET" if request.method == "HEAD" else request.method
-    scope = SCOPES.get((method, resource.canonical)) if resource is not None else None
-    if scope is not None:
-        access = request.app[ACCESS]
-        given = request.headers.get("Authorization")
-        if not access.allows(scope, given):
-            if scope == "write" and given and access.allows("read", given):
-                raise Forbidden("this token may only read; this endpoint needs a write token", code="insufficient_scope")
-            what = "a metrics token" if scope == "metrics" else f"a {scope} token"
-            raise Unauthorized(f"this endpoint needs `Authorization: Bearer <token>` with {what}"
-                               + (" (the token given is not valid here)" if given else ""))
+    if resource is None:  # no such path or method: the router's own 404 / 405
+        return await handler(request)
+    scope = SCOPES.get(("GET" if request.method == "HEAD" else request.method, resource.canonical))
+    if scope is None:
+        raise NotFound(f"{request.path} is not a route of this API", code="not_found")
+    access = request.app[ACCESS]
+    given = request.headers.get("Authorization")
+    if not access.allows(scope, given):
+        if scope == "write" and given and access.allows("read", given):
+            raise Forbidden("this token may only read; this endpoint needs a write token", code="insufficient_scope")
+        what = "a metrics token" if scope == "metrics" else f"a {scope} token"
+        raise Unauthorized(f"this endpoint needs `Authorization: Bearer <token>` with {what}"
+                           + (" (the token given is not valid here)" if given else ""))
     return await handler(request)
 
 

@@ -51,6 +51,9 @@ async def test_tokens_guard_reads_and_writes_and_secrets_stay_out_of_logs(stack,
                 assert (await r.json())["paths"]["/upload"]["post"]["security"] == [{"bearer": ["write"]}]
             async with s.get(f"{worker.url}/metrics") as r:
                 assert r.status == 200, "no metrics token configured: Prometheus scrapes as before"
+            for path in ("/", "/router/", "/router/topics", "/table/"):  # Faust's own pages: off
+                async with s.get(f"{worker.url}{path}", headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 404, path
             async with s.get(f"{worker.url}/health") as r:
                 health = await r.text()
     finally:
