@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH):/usr/local/go/bin
 DATA ?= ../shared/datasets/cifar10/train.tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup up down run test test-unit bench bundle quick-bundle secure-up
+.PHONY: setup up down run test test-unit bench bundle quick-bundle secure-up lock image
 
 setup:
 	./scripts/bootstrap.sh
@@ -52,8 +52,20 @@ test: up quick-bundle secure-up
 # No service needed: the agents run in process (tests/unit/inprocess.py); prints the coverage of
 # agents/ and app/dataplane.py.
 test-unit: setup
-	$(VENV)/python -m coverage run -m pytest -ra -m "not integration and not e2e and not chaos and not browser and not packaging and not export" tests/unit $(PYTEST_ARGS)
+	$(VENV)/python -m coverage run -m pytest -ra -m "not integration and not e2e and not chaos and not browser and not packaging and not export and not containers" tests/unit $(PYTEST_ARGS)
 	$(VENV)/python -m coverage report
 
 bench: up
 	imgstream bench
+
+# The worker image's exact dependencies (with hashes) from pyproject.toml; tests/unit/test_lock.py
+# keeps the two in step.
+lock: setup
+	$(VENV)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --quiet -o requirements.lock.new
+	{ sed -n '1,3p' requirements.lock; cat requirements.lock.new; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm requirements.lock.new
+
+# The worker image (podman; a local Debian 12 base where no registry is reachable).
+image: setup
+	imgstream image build

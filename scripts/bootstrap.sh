@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what imgstream needs on a fresh Debian machine, idempotently:
-#   system packages (JDK, Maven, PostgreSQL; with IMGSTREAM_TEST_TOOLS=1 also Prometheus and
-#   Chromium for the tests) when missing,
+#   system packages (JDK, Maven, PostgreSQL; with IMGSTREAM_TEST_TOOLS=1 also Prometheus,
+#   Chromium, podman, runc and mmdebstrap for the tests) when missing,
 #   the Python virtualenv .venv with imgstream and its test, train and bench extras.
 # Big downloads are cached outside the clone (~/.cache/imgstream, ~/.m2, ~/.cache/pip), but
 # nothing here depends on a cache being present.
@@ -16,6 +16,10 @@ ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
 # promtool for the alert rules), Chromium (the dashboard test), the docker compose plugin below.
 if [[ "${IMGSTREAM_TEST_TOOLS:-0}" == 1 ]]; then
   command -v prometheus >/dev/null || need_apt+=(prometheus)
+  # the worker image's tests: Debian's podman and runc, and mmdebstrap for a local Debian 12 base
+  command -v podman >/dev/null || need_apt+=(podman)
+  command -v runc >/dev/null || need_apt+=(runc)
+  command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
   if [[ "${IMGSTREAM_BROWSER_TESTS:-1}" == 1 ]]; then
     command -v chromium >/dev/null || need_apt+=(chromium)
   fi

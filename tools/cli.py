@@ -73,6 +73,21 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         raise typer.Exit(0 if all(h == "healthy" for *_, h in rows) else 1)
 
 
+    image_cli = typer.Typer(no_args_is_help=True, help="The worker image (Dockerfile), built with podman.")
+    cli.add_typer(image_cli, name="image")
+
+    @image_cli.command("build")
+    def image_build(
+        tag: str = typer.Option("localhost/imgstream:dev", help="the image's tag"),
+        base: str = typer.Option(None, help="BASE image (default: a local Debian 12 made with mmdebstrap)"),
+    ) -> None:
+        """Build the worker image from the Dockerfile with podman; prints its size and build time."""
+        from tools import containers
+
+        info = containers.build_worker(get_settings(), tag, base)
+        console.print(f"{info['tag']}: {info['size_bytes'] / 1e6:.0f} MB (base {info['base']}), "
+                      f"built in {info['build_s']} s")
+
     chart_cli = typer.Typer(no_args_is_help=True, help="The Helm chart (deploy/helm/imgstream).")
     cli.add_typer(chart_cli, name="chart")
 

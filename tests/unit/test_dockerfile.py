@@ -23,7 +23,15 @@ def test_health_check_is_liveness_only():
 
 def test_only_the_workers_packages_and_no_extras():
     copied = {c.split()[0] for c in _instructions("COPY")}
-    assert copied == {"pyproject.toml", "app", "agents", "models", "tables"}
+    assert copied == {"requirements.lock", "pyproject.toml", "app", "agents", "models", "tables"}
     installs = [r for r in _instructions("RUN") if "pip install" in r]
-    assert installs and all("pip install --no-cache-dir ." in r and "[" not in r for r in installs)  # no torch
+    assert installs and all("[" not in r for r in installs)  # no extras: no torch, no tooling
+    # the dependencies exactly as locked, from wheels; then the project itself without resolving again
+    assert any("--require-hashes --only-binary=:all: -r requirements.lock" in r for r in installs)
+    assert any("pip install --no-cache-dir --no-deps ." in r for r in installs)
     assert not any("build-essential" in r or "gcc" in r for r in _instructions("RUN"))
+
+
+def test_the_base_is_a_build_argument_defaulting_to_the_public_slim_python():
+    (arg,) = [a for a in _instructions("ARG") if a.startswith("BASE=")]
+    assert arg == "BASE=python:3.11-slim" and _instructions("FROM") == ["${BASE}"]

@@ -1,0 +1,247 @@
+"""The worker image, built for real from the repository's Dockerfile (on a local Debian 12 base made
+with mmdebstrap, since no image registry is reachable here) and run with podman on the host's
+network against the local stack: three containers by role, as uid 10001 with a read-only root
+filesystem and the state directory on a volume. Tests talk to the containers on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import aiohttp
+import asyncpg
+import pytest
+
+from app.client import upload_bytes, wait_complete
+from tests.conftest import missing
+from tests.workers import free_port, images_from, isolated_env
+
+pytestmark = pytest.mark.containers
+
+
+@pytest.fixture(scope="session")
+def worker_image(settings):
+    import shutil
+
+    from tools import containers
+
+    if shutil.which("podman") is None and os.geteuid() != 0:
+        missing("podman is not installed (make test installs it as root)")
+    info = containers.build_worker(settings)
+    print(f"worker image {info['tag']}: {info['size_bytes'] / 1e6:.0f} MB, built in {info['build_s']} s "
+          f"on {info['base']}")
+    return info
+
+
+class Container:
+    """One worker container: ``podman run`` on the host's network, as the image's user (10001),
+    read-only root filesystem, the state directory on a named volume."""
+
+    def __init__(self, image: str, env: dict[str, str], roles: str, name: str) -> None:
+        self.image, self.roles, self.name = image, roles, name
+        self.port = free_port()
+        self.env = {**env, "IMGSTREAM_ROLES": roles, "IMGSTREAM_WEB_PORT": str(self.port),
+                    "IMGSTREAM_WEB_HOST": "127.0.0.1", "IMGSTREAM_LOG_JSON": "false"}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self) -> Container:
+        from tools.containers import podman
+
+        args = ["run", "-d", "--name", self.name, "--read-only", "-v", f"{self.name}-state:/var/lib/imgstream"]
+        for k, v in self.env.items():
+            args += ["-e", f"{k}={v}"]
+        podman(*args, self.image)
+        return self
+
+    def podman(self, *args: str, check: bool = True):
+        from tools.containers import podman
+
+        return podman(*args, check=check)
+
+    def inspect(self) -> dict:
+        return json.loads(self.podman("inspect", self.name).stdout)[0]
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline, last = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            state = self.inspect()["State"]
+            if not state["Running"]:
+                raise RuntimeError(f"{self.name} exited {state['ExitCode']}:\n{self.logs()}")
+            status, body = http_get(f"{self.url}/ready")
+            if status == 200:
+                return
+            last = body
+            time.sleep(1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s: {last}\n{self.logs()}")
+
+    def logs(self, tail: int = 60) -> str:
+        proc = self.podman("logs", "--tail", str(tail), self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def remove(self) -> None:
+        self.podman("rm", "-f", "-t", "10", self.name, check=False)
+        self.podman("volume", "rm", "-f", f"{self.name}-state", check=False)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def _env(unique: str) -> dict[str, str]:
+    """What a container needs: the stack's settings from this environment, private topics."""
+    keep = {k: v for k, v in os.environ.items() if k.startswith("IMGSTREAM_") and k not in ("IMGSTREAM_STATE_DIR",)}
+    return {**keep, **isolated_env(unique)}
+
+
+def test_the_image_runs_as_10001_with_its_health_check(worker_image):
+    from tools.containers import podman
+
+    proc = podman("run", "--rm", "--read-only", worker_image["tag"], "sh", "-c",
+                  "id -u; python3 --version; imgstream --help >/dev/null && echo cli-ok; "
+                  "touch /srv/imgstream/x 2>/dev/null || echo read-only")
+    assert proc.stdout.split() == ["10001", "Python", proc.stdout.split()[2], "cli-ok", "read-only"]
+    assert proc.stdout.split()[2].startswith("3.11.")
+    (info,) = json.loads(podman("image", "inspect", worker_image["tag"]).stdout)
+    check = info["Healthcheck"]["Test"]  # kept by the docker format (the OCI format drops it)
+    assert "/live" in " ".join(check) and info["Config"]["User"] == "10001:10001"
+
+
+async def test_three_containers_by_role_take_300_uploads_and_an_extractor_kill_loses_nothing(
+        worker_image, stack, sample_images):
+    unique = uuid.uuid4().hex[:8]
+    env = _env(unique)
+    roles = {"front": "front", "extractor": "extractor",
+             "classifiers": "classifier-fast,classifier-balanced,classifier-accurate,dead-letter"}
+    containers = {k: Container(worker_image["tag"], env, r, f"test-{unique}-{k}") for k, r in roles.items()}
+    images = images_from(sample_images, 300, salt=unique)
+    try:
+        for c in containers.values():
+            c.run()
+        for c in containers.values():
+            await asyncio.to_thread(c.wait_ready)
+        front, extractor = containers["front"], containers["extractor"]
+        async with aiohttp.ClientSession() as s:
+            sem = asyncio.Semaphore(16)
+
+            async def one(data):
+                async with sem:
+                    return await upload_bytes(s, front.url, data)
+
+            first = await asyncio.gather(*(one(b) for b in images[:150]))
+            extractor.podman("kill", extractor.name)  # SIGKILL, mid-stream
+            rest = await asyncio.gather(*(one(b) for b in images[150:]))
+            await asyncio.sleep(2)
+            extractor.podman("start", extractor.name)
+            results = first + rest
+            assert [st for st, _ in results] == [202] * 300, "the front keeps accepting while the extractor is down"
+            ids = [body["image_id"] for _, body in results]
+            done = await wait_complete(s, front.url, ids, asyncio.get_running_loop().time() + 240)
+        assert all(d["status"] == "complete" for d in done.values())
+        conn = await asyncpg.connect(stack.postgres_dsn.get_secret_value())
+        try:
+            rows = await conn.fetch("SELECT image_id::text, count(*) FROM predictions WHERE image_id = ANY($1::uuid[]) "
+                                    "GROUP BY image_id", [uuid.UUID(i) for i in ids])
+        finally:
+            await conn.close()
+        assert {r[0]: r[1] for r in rows} == {i: 3 for i in ids}, "0 lost, 0 doubled"
+        # the image's HEALTHCHECK, run by podman inside the container
+        for c in containers.values():
+            assert c.podman("healthcheck", "run", c.name, check=False).returncode == 0, c.logs()
+            state = c.inspect()
+            assert state["Config"]["User"] == "10001:10001" and state["HostConfig"]["ReadonlyRootfs"]
+        assert containers["front"].inspect()["RestartCount"] == 0
+    finally:
+        for c in containers.values():
+            c.remove()
+
+
+class _Proxy:
+    """A TCP proxy on 127.0.0.1 to the stack's PostgreSQL that the test opens when it likes:
+    'PostgreSQL down' for one container without stopping the database every other test uses. It
+    runs on its own threads, so a test waiting on the container never blocks it."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.port, self.server = target, free_port(), None
+
+    def open(self) -> None:
+        import socketserver
+        import threading
+
+        target = self.target
+
+        def pipe(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                upstream = socket.create_connection(("127.0.0.1", target))
+                back = threading.Thread(target=pipe, args=(upstream, self.request), daemon=True)
+                back.start()
+                pipe(self.request, upstream)
+                back.join()
+                upstream.close()
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def test_a_container_started_with_postgres_down_stays_live_and_becomes_ready_when_it_returns(worker_image, stack):
+    from urllib.parse import urlparse
+
+    unique = uuid.uuid4().hex[:8]
+    dsn = urlparse(stack.postgres_dsn.get_secret_value())
+    proxy = _Proxy(dsn.port)  # not open yet: connections to its port are refused
+    env = {**_env(unique), "IMGSTREAM_POSTGRES_DSN": dsn._replace(netloc=f"{dsn.username}:{dsn.password}@"
+                                                                          f"127.0.0.1:{proxy.port}").geturl()}
+    c = Container(worker_image["tag"], env, "front", f"test-{unique}-pgdown")
+    try:
+        c.run()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and http_get(f"{c.url}/live")[0] != 200:
+            time.sleep(1)
+        time.sleep(20)  # well past a readiness probe's failure threshold
+        status, body = http_get(f"{c.url}/ready")
+        assert status == 503 and '"postgres":{"ok":false' in body.replace(" ", ""), body
+        assert http_get(f"{c.url}/live")[0] == 200
+        state = c.inspect()
+        assert state["State"]["Running"] and state["RestartCount"] == 0, "live: never restarted for an outage"
+        proxy.open()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and http_get(f"{c.url}/ready")[0] != 200:
+            time.sleep(1)
+        assert http_get(f"{c.url}/ready")[0] == 200, c.logs()
+    finally:
+        proxy.close()
+        c.remove()
