@@ -20,6 +20,8 @@ if [[ "${IMGSTREAM_TEST_TOOLS:-0}" == 1 ]]; then
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || need_apt+=(runc)
   command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+  # the pause process of the pods `podman kube play` starts
+  [[ -x /usr/libexec/podman/catatonit || -x /usr/bin/catatonit ]] || need_apt+=(catatonit)
   if [[ "${IMGSTREAM_BROWSER_TESTS:-1}" == 1 ]]; then
     command -v chromium >/dev/null || need_apt+=(chromium)
   fi

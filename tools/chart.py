@@ -131,6 +131,8 @@ def values_schema() -> dict:
                     "enabled": {"type": "boolean"}, "cpuUtilization": {"type": "integer", "minimum": 1,
                                                                          "maximum": 100}}}}},
             "terminationGracePeriodSeconds": {"type": "integer", "minimum": 1},
+            "webPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "hostNetwork": {"type": "boolean"},
             "podDisruptionBudget": {"type": "object", "properties": {"enabled": {"type": "boolean"},
                                                                      "maxUnavailable": {"type": ["integer", "string"]}}},
             "service": {"type": "object", "properties": {"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},

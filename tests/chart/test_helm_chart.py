@@ -26,6 +26,12 @@ def rendered(settings) -> dict[str, list[dict]]:
     return {"default": k8s.template(settings), "production": k8s.template(settings, [PRODUCTION])}
 
 
+def _decoded(secret: dict) -> dict[str, str]:
+    import base64
+
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
 def _kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
@@ -93,11 +99,11 @@ def test_every_setting_reaches_the_worker_through_the_configmap_or_the_secret(se
                         + [f"settings.{name}=/some/where" for name in unset])
     (config,) = _kind(docs, "ConfigMap").values()
     (secret,) = _kind(docs, "Secret").values()
-    seen = {k.removeprefix("IMGSTREAM_").lower() for k in [*config["data"], *secret["stringData"]]}
+    seen = {k.removeprefix("IMGSTREAM_").lower() for k in [*config["data"], *secret["data"]]}
     assert seen | set(chart.PER_POD) == set(Settings.model_fields)
     assert config["data"]["IMGSTREAM_MAX_UPLOAD_BYTES"] == "10485760"  # not 1.048576e+07
     assert config["data"]["IMGSTREAM_STATE_DIR"] == "/var/lib/imgstream"
-    assert secret["stringData"]["IMGSTREAM_POSTGRES_DSN"] == "value-of-postgres_dsn"
+    assert _decoded(secret)["IMGSTREAM_POSTGRES_DSN"] == "value-of-postgres_dsn"
 
 
 @pytest.mark.parametrize("sets,message", [
@@ -163,7 +169,7 @@ def test_the_charts_own_secret_tells_keda_the_workers_kafka_security(settings, m
                                         f"settings.kafka_sasl_mechanism={mechanism}", "settings.kafka_username=u",
                                         "secrets.kafka_password=pw", "secrets.api_write_tokens=t1\\,t2"])
     (secret,) = _kind(docs, "Secret").values()
-    data = secret["stringData"]
+    data = _decoded(secret)
     assert (data["KEDA_KAFKA_SASL"], data["KEDA_KAFKA_TLS"], data["KEDA_KAFKA_USERNAME"]) == (sasl, tls, "u")
     assert data["IMGSTREAM_API_WRITE_TOKENS"] == "t1,t2" and data["IMGSTREAM_KAFKA_PASSWORD"] == "pw"
     assert k8s.validate(settings, docs).errors == []
