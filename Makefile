@@ -18,6 +18,7 @@ up: setup
 down:
 	imgstream stack down
 	@if [ -d var/secure ]; then imgstream stack down --secure; fi
+	@if [ -f var/run/podman-service.pid ]; then imgstream compose stop-service; fi
 
 # A full model (all 50,000 images, ~12 min on 2 cores: measured 736 s) unless one is already published.
 bundle: up

@@ -20,9 +20,11 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
 @cli.command("init")
-def init() -> None:
+def init(wait: float = typer.Option(0.0, help="seconds to keep retrying while a service does not answer yet "
+                                          "(a container started beside the services)")) -> None:
     """Create topics, bucket and schema on already-running services (Docker hosts, managed services)."""
     import asyncio
+    import time
 
     import asyncpg
 
@@ -45,7 +47,19 @@ def init() -> None:
         finally:
             await conn.close()
 
-    asyncio.run(go())
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            asyncio.run(go())
+            return
+        except Exception as exc:  # noqa: BLE001 - not up yet: say which and why, then try again
+            if time.monotonic() >= deadline:
+                raise
+            from app.security import describe
+
+            message = exc.message if isinstance(exc, ImgstreamError) else describe(exc)
+            console.print(f"init: not ready ({message}); retrying")
+            time.sleep(2)
 
 
 models_cli = typer.Typer(no_args_is_help=True, help="Export, train, evaluate and publish model bundles.")

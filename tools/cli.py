@@ -88,6 +88,27 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         console.print(f"{info['tag']}: {info['size_bytes'] / 1e6:.0f} MB (base {info['base']}), "
                       f"built in {info['build_s']} s")
 
+    compose_cli = typer.Typer(no_args_is_help=True, help="docker-compose.yml where no registry is reachable.")
+    cli.add_typer(compose_cli, name="compose")
+
+    @compose_cli.command("images")
+    def compose_images() -> None:
+        """Build the images deploy/compose/local.yml names (Kafka, PostgreSQL, versitygw, Prometheus
+        and the worker, on a local Debian 12 base) and serve Docker's API with podman; prints the
+        DOCKER_HOST for `docker compose -f docker-compose.yml -f deploy/compose/local.yml up -d`."""
+        from tools import compose_local
+
+        for name, tag in compose_local.build_images(get_settings()).items():
+            console.print(f"{name}: {tag}")
+        print(f"export DOCKER_HOST={compose_local.docker_host(get_settings())}")
+
+    @compose_cli.command("stop-service")
+    def compose_stop_service() -> None:
+        """Stop the podman service `compose images` started."""
+        from tools import compose_local
+
+        console.print("podman service: " + ("stopped" if compose_local.stop_service(get_settings()) else "not running"))
+
     chart_cli = typer.Typer(no_args_is_help=True, help="The Helm chart (deploy/helm/imgstream).")
     cli.add_typer(chart_cli, name="chart")
 
