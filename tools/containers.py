@@ -77,8 +77,8 @@ def build_worker(settings: Settings, tag: str = WORKER_IMAGE, base: str | None =
     base = base or base_image(settings)
     started = time.monotonic()
     trust = []
-    ca = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
-    if ca and Path(ca).is_file():  # this machine reaches PyPI through its own CA: so does the build
+    ca = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
+    if Path(ca).is_file():  # the host's trust store (a TLS-inspecting proxy's CA included) for the build's pip
         trust = ["--volume", f"{ca}:/run/build-ca.pem:ro", "--build-arg", "PIP_CERT=/run/build-ca.pem"]
     podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE={base}", *trust, "-t", tag,
            str(REPO), timeout=1800)
