@@ -252,9 +252,9 @@ def predictions(
     token = _client_token(get_settings(), "read")
 
     async def go():
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"} if token else None) as s, \
-                s.get(f"{base}/predictions/{image_id}",
-                                                       params={"trace": "1"} if trace else None) as r:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with aiohttp.ClientSession(headers=headers) as s, \
+                s.get(f"{base}/predictions/{image_id}", params={"trace": "1"} if trace else None) as r:
             return r.status, await r.json()
 
     status, body = asyncio.run(go())

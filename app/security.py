@@ -111,11 +111,8 @@ def faust_credentials(settings: Settings):
     options = kafka_options(settings)
     if protocol == "SSL":
         return faust.SSLCredentials(options["ssl_context"])
-    credentials = faust.SASLCredentials(username=settings.kafka_username,
-                                        password=options["sasl_plain_password"],
-                                        ssl_context=options.get("ssl_context"),
-                                        mechanism=settings.kafka_sasl_mechanism)
-    return credentials
+    return faust.SASLCredentials(username=settings.kafka_username, password=options["sasl_plain_password"],
+                                 ssl_context=options.get("ssl_context"), mechanism=settings.kafka_sasl_mechanism)
 
 
 def postgres_ssl(settings: Settings) -> ssl.SSLContext | None:

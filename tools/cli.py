@@ -112,6 +112,30 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
     chart_cli = typer.Typer(no_args_is_help=True, help="The Helm chart (deploy/helm/imgstream).")
     cli.add_typer(chart_cli, name="chart")
 
+    @chart_cli.command("play")
+    def chart_play(
+        first_port: int = typer.Option(16101, help="web port of the first role's pod; each next role takes the next"),
+        down: bool = typer.Option(False, "--down", help="stop and remove the pods of the last play"),
+    ) -> None:
+        """The chart's pods on this host: `helm template` with deploy/podman/values-local.yaml played by
+        `podman kube play` (the image from `imgstream image build`, the local stack on 127.0.0.1)."""
+        from app.settings import ROLES
+        from tools import kube_play
+
+        folder = get_settings().state_dir.resolve() / "kube-play"
+        if down:
+            kube_play.down(folder)
+            console.print("pods removed")
+            return
+        kube_play.down(folder)
+        for old in folder.glob("*.yaml"):
+            old.unlink()
+        play = kube_play.render(get_settings(), {role: first_port + i for i, role in enumerate(ROLES)})
+        kube_play.up(play, folder)
+        for name, port in play.ports.items():
+            console.print(f"{name}: http://127.0.0.1:{port}")
+        console.print("left out: " + "; ".join(f"{k} ({kube_play.LEFT_OUT[k]})" for k in play.left_out))
+
     @chart_cli.command("check")
     def chart_check() -> None:
         """Offline: helm lint and helm template with the default and every example values file, each

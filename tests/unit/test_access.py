@@ -82,18 +82,11 @@ def test_the_document_declares_the_scheme_of_every_route():
 
 
 async def test_a_route_mounted_outside_the_route_table_is_not_served(client):
-    """Faust's own pages (/router, /table) are turned off in the worker; anything else mounted on
-    the server without a row in the route table is refused whatever the token."""
+    """Anything mounted on the server without a row in the route table is refused whatever the
+    token (a worker also turns Faust's own pages off: tests/integration/test_security_replay.py)."""
     client.app.router._frozen = False  # noqa: SLF001 - mount one late, as a library might
     client.app.router.add_get("/router/", lambda _: web.Response(text="tables"))
     for header in (None, AS["write"]):
         async with client.get("/router/", headers={"Authorization": header} if header else {}) as r:
             assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
 
-
-def test_the_worker_turns_off_fausts_own_pages():
-    from app.faust_app import create_app
-
-    app = create_app(settings(**TOKENS))
-    assert not (app.conf.web_router_enabled or app.conf.web_tables_enabled or app.conf.web_stats_enabled
-                or app.conf.web_graph_enabled)
