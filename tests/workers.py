@@ -159,3 +159,18 @@ def images_from(sample: list[tuple[str, bytes]], n: int, salt: str) -> list[byte
         im.save(buf, "JPEG", quality=95, comment=f"{salt}-{i}".encode())
         out.append(buf.getvalue())
     return out
+
+
+async def rows_per_image(dsn: str, ids: list[str], ssl=None) -> dict[str, int]:
+    """Prediction rows per image id (every image of a complete pipeline has exactly three)."""
+    import uuid
+
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, ssl=ssl)
+    try:
+        rows = await conn.fetch("SELECT image_id::text, count(*) FROM predictions WHERE image_id = ANY($1::uuid[]) "
+                                "GROUP BY image_id", [uuid.UUID(i) for i in ids])
+    finally:
+        await conn.close()
+    return {r[0]: r[1] for r in rows}

@@ -11,13 +11,12 @@ import uuid
 from urllib.parse import urlparse
 
 import aiohttp
-import asyncpg
 import pytest
 
 from app.client import upload_bytes, wait_complete
 from app.settings import ROLES
 from tests.containers.helpers import http_get
-from tests.workers import free_port, images_from, pinned_bundle
+from tests.workers import free_port, images_from, pinned_bundle, rows_per_image
 
 pytestmark = pytest.mark.containers
 
@@ -84,13 +83,7 @@ async def test_the_charts_pods_run_take_300_uploads_and_a_second_extractor_loses
         async with aiohttp.ClientSession() as s:
             done.update(await wait_complete(s, front, more, asyncio.get_running_loop().time() + 240))
         ids += more
-        conn = await asyncpg.connect(dsn)
-        try:
-            rows = await conn.fetch("SELECT image_id::text, count(*) FROM predictions WHERE image_id = ANY($1::uuid[]) "
-                                    "GROUP BY image_id", [uuid.UUID(i) for i in ids])
-        finally:
-            await conn.close()
-        assert {r[0]: r[1] for r in rows} == {i: 3 for i in ids}, "0 lost, 0 doubled"
+        assert await rows_per_image(dsn, ids) == {i: 3 for i in ids}, "0 lost, 0 doubled"
     finally:
         kube_play.down(folder)
 

@@ -13,12 +13,11 @@ import time
 import uuid
 
 import aiohttp
-import asyncpg
 import pytest
 
 from app.client import upload_bytes, wait_complete
 from tests.containers.helpers import Container, http_get
-from tests.workers import free_port, images_from, isolated_env
+from tests.workers import free_port, images_from, isolated_env, rows_per_image
 
 pytestmark = pytest.mark.containers
 
@@ -73,13 +72,8 @@ async def test_three_containers_by_role_take_300_uploads_and_an_extractor_kill_l
             ids = [body["image_id"] for _, body in results]
             done = await wait_complete(s, front.url, ids, asyncio.get_running_loop().time() + 240)
         assert all(d["status"] == "complete" for d in done.values())
-        conn = await asyncpg.connect(stack.postgres_dsn.get_secret_value())
-        try:
-            rows = await conn.fetch("SELECT image_id::text, count(*) FROM predictions WHERE image_id = ANY($1::uuid[]) "
-                                    "GROUP BY image_id", [uuid.UUID(i) for i in ids])
-        finally:
-            await conn.close()
-        assert {r[0]: r[1] for r in rows} == {i: 3 for i in ids}, "0 lost, 0 doubled"
+        assert await rows_per_image(stack.postgres_dsn.get_secret_value(), ids) == {i: 3 for i in ids}, \
+            "0 lost, 0 doubled"
         # the image's HEALTHCHECK, run by podman inside the container
         for c in containers.values():
             assert c.podman("healthcheck", "run", c.name, check=False).returncode == 0, c.logs()

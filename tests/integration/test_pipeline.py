@@ -9,25 +9,15 @@ import time
 import uuid
 
 import aiohttp
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.client import upload_bytes, wait_complete
 from app.messages import ImageUploaded
 from app.storage.objectstore import ObjectStore
+from tests.workers import rows_per_image
 
 pytestmark = pytest.mark.e2e
-
-
-async def _rows_per_image(dsn: str, ids: list[str]) -> dict[str, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch("SELECT image_id::text, count(*) FROM predictions WHERE image_id = ANY($1::uuid[]) "
-                                "GROUP BY image_id", [uuid.UUID(i) for i in ids])
-    finally:
-        await conn.close()
-    return {r[0]: r[1] for r in rows}
 
 
 async def test_200_images_get_three_predictions_each_before_a_deadline(pipeline, stack, sample_images):
@@ -50,7 +40,7 @@ async def test_200_images_get_three_predictions_each_before_a_deadline(pipeline,
     elapsed = time.monotonic() - started
     assert len(done) == 200, f"only {len(done)} of 200 finished within the deadline"
     assert all(d["status"] == "complete" for d in done.values())
-    per_image = await _rows_per_image(stack.postgres_dsn.get_secret_value(), ids)
+    per_image = await rows_per_image(stack.postgres_dsn.get_secret_value(), ids)
     assert per_image == {i: 3 for i in ids}, "every image has exactly three prediction rows"
     # The quick test model is weak, but far better than chance (10 %).
     labels = dict(zip(ids, (lbl for lbl, _ in images), strict=True))

@@ -25,7 +25,7 @@ from app.client import upload_bytes, wait_complete
 from app.security import postgres_ssl
 from app.settings import Settings
 from tests.conftest import REPO, missing
-from tests.workers import Worker, isolated_env, pinned_bundle
+from tests.workers import Worker, isolated_env, pinned_bundle, rows_per_image
 
 pytestmark = pytest.mark.e2e
 
@@ -96,12 +96,10 @@ async def test_the_pipeline_runs_end_to_end_on_the_secured_stack(secured, sample
     conn = await asyncpg.connect(s.postgres_dsn.get_secret_value(), ssl=postgres_ssl(s))
     try:
         on_tls = await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        rows = await conn.fetch("SELECT image_id::text, count(*) FROM predictions WHERE image_id = ANY($1::uuid[]) "
-                                "GROUP BY image_id", [uuid.UUID(i) for i in ids])
     finally:
         await conn.close()
     assert on_tls is True
-    assert {r[0]: r[1] for r in rows} == {i: 3 for i in ids}
+    assert await rows_per_image(s.postgres_dsn.get_secret_value(), ids, ssl=postgres_ssl(s)) == {i: 3 for i in ids}
     log = worker.log_path.read_text(errors="replace")
     for secret in _secrets(env):
         assert secret not in log and secret not in health
