@@ -66,15 +66,11 @@ class Access:
 
     def allows(self, scope: Scope, authorization: str | None) -> bool:
         """Whether a request with this ``Authorization`` header may use a route of ``scope``."""
-        if scope == "public":
-            return True
-        needed = {"read": self.read + self.write, "write": self.write, "metrics": self.metrics}[scope]
-        if scope == "metrics" and not self.metrics:
-            return True
-        if scope != "metrics" and not self.enabled:
-            return True
+        if scope == "public" or not (self.metrics if scope == "metrics" else self.enabled):
+            return True  # nothing configured for this scope: open
         if not authorization or not authorization.startswith("Bearer "):
             return False
+        needed = {"read": self.read + self.write, "write": self.write, "metrics": self.metrics}[scope]
         return self._matches(_digest(authorization[7:].strip()), needed)
 
 
@@ -162,8 +158,7 @@ def describe(exc: BaseException) -> str:
             return f"request refused ({code or 'ClientError'})"
         if isinstance(e, ConnectionRefusedError):
             return "connection refused"
-    last = chain[0] if chain else None
-    return type(last).__name__ if last is not None else "unknown error"
+    return type(chain[0]).__name__
 
 
 def _short(text: str, limit: int = 200) -> str:

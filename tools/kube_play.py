@@ -21,6 +21,7 @@ from app.settings import Settings
 from tools import k8s
 from tools.containers import podman
 from tools.errors import ToolingError
+from tools.stack.secure import write_private
 
 REPO = Path(__file__).resolve().parents[1]
 VALUES = REPO / "deploy" / "podman" / "values-local.yaml"
@@ -38,12 +39,11 @@ LEFT_OUT = {
 
 @dataclass
 class Play:
-    """The rendered pods of one play and the file podman played."""
+    """The rendered pods of one play."""
 
     docs: list[dict]
     ports: dict[str, int] = field(default_factory=dict)  # Deployment name -> web port
     left_out: dict[str, int] = field(default_factory=dict)  # kind -> count
-    path: Path | None = None
 
     def url(self, deployment: str) -> str:
         return f"http://127.0.0.1:{self.ports[deployment]}"
@@ -122,15 +122,13 @@ def up(play: Play, folder: Path, docs: list[dict] | None = None) -> Path:
     if podman_version()[:2] == (4, 3):
         for secret in [d for d in docs if d["kind"] == "Secret"]:
             stored = folder / f"secret-{secret['metadata']['name']}.yaml"
-            stored.touch(mode=0o600)
-            stored.write_text(yaml.safe_dump(plain_secret(secret)))
+            write_private(stored, yaml.safe_dump(plain_secret(secret)))
             podman("secret", "rm", secret["metadata"]["name"], check=False)
             podman("volume", "rm", "-f", secret["metadata"]["name"], check=False)
             podman("secret", "create", secret["metadata"]["name"], str(stored))
         docs = [d for d in docs if d["kind"] != "Secret"]
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     podman("kube", "play", str(path), timeout=600)
-    play.path = play.path or path
     return path
 
 

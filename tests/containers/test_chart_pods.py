@@ -21,8 +21,9 @@ from tests.workers import free_port, images_from, pinned_bundle, rows_per_image
 pytestmark = pytest.mark.containers
 
 
-def _wait_ready(play, names, timeout: float = 180) -> None:
+def _wait_ready(play, names, timeout: float = 300) -> None:
     from tools import kube_play
+    from tools.containers import podman
 
     deadline = time.monotonic() + timeout
     pending = set(names)
@@ -32,7 +33,8 @@ def _wait_ready(play, names, timeout: float = 180) -> None:
                 pending.discard(name)
         time.sleep(1)
     states = {n: kube_play.pod_state(n).get("State", {}).get("Status") for n in pending}
-    assert not pending, f"not ready after {timeout}s: {states}"
+    logs = {n: podman("logs", "--tail", "30", f"{n}-pod-0-worker", check=False).stderr[-3000:] for n in pending}
+    assert not pending, f"not ready after {timeout}s: {states}\n{logs}"
 
 
 async def _upload(url: str, images: list[bytes]) -> list[str]:

@@ -34,11 +34,13 @@ SECRET_NAMES = ("kafka_admin_password", "kafka_password", "postgres_password", "
                 "api_write_token", "api_read_token", "metrics_token")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes | str) -> None:
+    """Write ``path`` readable by its owner only, also where it already existed with another mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        f.write(data.encode() if isinstance(data, str) else data)
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,10 @@ def prepare(base: Settings) -> SecureStack:
     if not path.exists():
         made = {name: secrets.token_urlsafe(24) for name in SECRET_NAMES}
         made["s3_access_key"] = "imgstream" + secrets.token_hex(6)
-        _write_private(path, json.dumps(made, indent=1).encode())
+        write_private(path, json.dumps(made, indent=1).encode())
     if not stack.server_cert.exists():
         make_certificates(stack.tls)
-    _write_private(stack.env_file, "".join(f"{k}={v}\n" for k, v in stack.env(base).items()).encode())
+    write_private(stack.env_file, "".join(f"{k}={v}\n" for k, v in stack.env(base).items()).encode())
     return stack
 
 
@@ -153,8 +155,8 @@ def make_certificates(folder: Path, hosts: tuple[str, ...] = ("localhost", "127.
             .sign(ca_key, hashes.SHA256()))
 
     pem = serialization.Encoding.PEM
-    _write_private(folder / "ca.key", key_pem(ca_key))
-    _write_private(folder / "server.key", key_pem(key))
-    _write_private(folder / "server-keystore.pem", key_pem(key) + cert.public_bytes(pem) + ca.public_bytes(pem))
+    write_private(folder / "ca.key", key_pem(ca_key))
+    write_private(folder / "server.key", key_pem(key))
+    write_private(folder / "server-keystore.pem", key_pem(key) + cert.public_bytes(pem) + ca.public_bytes(pem))
     (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
     (folder / "server.pem").write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))

@@ -22,7 +22,7 @@ from tools.errors import ToolingError
 from app.security import postgres_ssl
 from app.settings import Settings
 from tools.process import Process, go_binary, run_checked as _run, wait_until
-from tools.stack.secure import KAFKA_ADMIN, KAFKA_USER, SecureStack
+from tools.stack.secure import KAFKA_ADMIN, KAFKA_USER, SecureStack, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"
@@ -163,8 +163,7 @@ class Kafka(Service):
             "",
         ]
         # the listener's SASL configuration holds the admin's password: readable by its owner only
-        props.touch(mode=0o600)
-        props.write_text("\n".join(lines))
+        write_private(props, "\n".join(lines))
         (self.dir / "log4j.properties").write_text(
             "log4j.rootLogger=INFO, stdout\n"
             "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
@@ -211,8 +210,7 @@ class Kafka(Service):
         credentials in Kafka 3.9)."""
         s, tls = self.secure.secrets, self.secure.tls
         admin = self.dir / "admin.properties"
-        admin.touch(mode=0o600)
-        admin.write_text("\n".join([
+        write_private(admin, "\n".join([
             "security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512",
             "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
             f'username="{KAFKA_ADMIN}" password="{s["kafka_admin_password"]}";',
