@@ -20,7 +20,8 @@ down:
 	@if [ -d var/secure ]; then imgstream stack down --secure; fi
 	@if [ -f var/run/podman-service.pid ]; then imgstream compose stop-service; fi
 
-# A full model (all 50,000 images, ~12 min on 2 cores: measured 736 s) unless one is already published.
+# A full model unless one is already published; this is the target that regenerates the committed
+# docs/MODELS.md on purpose (`make run` writes its report under var/).
 bundle: up
 	@imgstream models list 2>/dev/null | grep -q eff || imgstream models train --data $(DATA) --docs docs/MODELS.md
 
@@ -41,8 +42,9 @@ secure-up: up
 	$(TEST_ENV) imgstream stack up --secure
 
 # Serves a quick model first where no full one is published yet (the full one trains in the
-# background and is promoted without a restart): scripts/run.sh.
-run: up
+# background and is promoted without a restart; its report goes to var/reports/): scripts/run.sh,
+# which starts the services itself, beside the backbone's export.
+run: setup
 	DATA=$(DATA) ./scripts/run.sh
 
 # What only the tests use (Chromium, Prometheus, the docker compose plugin): bootstrap installs it.

@@ -10,7 +10,9 @@ import pwd
 import shutil
 import signal
 import subprocess
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,10 +30,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw@v1.7.0"
 
 
+_APT = threading.Lock()  # installs run side by side (``up``), but dpkg takes one at a time
+
+
 def _apt_install(package: str) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", "update", "-q"], "apt-get update", env=env)
-    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], f"installing {package}", env=env)
+    with _APT:
+        _run(["apt-get", "update", "-q"], "apt-get update", env=env)
+        _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], f"installing {package}", env=env)
 
 
 def kafka_cluster_id(new_uuid=uuid.uuid4) -> str:
@@ -123,7 +129,10 @@ class Kafka(Service):
         if shutil.which("mvn") is None:
             raise ToolingError("Maven (mvn) is needed to resolve Kafka's jars: apt-get install maven")
         self.libs.mkdir(parents=True, exist_ok=True)
+        # Maven fetches one jar after the other unless told otherwise (the first property is read by
+        # Maven 3.8's wagon, the second by 3.9's resolver).
         _run(["mvn", "-q", "-B", "-f", str(REPO_ROOT / "deploy" / "kafka" / "pom.xml"),
+              "-Dmaven.artifact.threads=8", "-Daether.connector.basic.threads=8",
               f"-Dkafka.version={self.settings.kafka_version}", "dependency:copy-dependencies",
               f"-DoutputDirectory={self.libs}"], "resolving Kafka jars with Maven")
 
@@ -519,7 +528,13 @@ def _select(settings: Settings, names: list[str] | None, running_optional: bool 
 
 
 def up(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False) -> None:
-    for svc in _select(settings, names, secure=secure):
+    """Install what is missing side by side (Kafka's jars, the versitygw build and any apt package
+    are independent downloads), then start the services one by one in a fixed order."""
+    services = _select(settings, names, secure=secure)
+    with ThreadPoolExecutor(max_workers=len(services)) as pool:
+        for done in [pool.submit(svc.install) for svc in services]:
+            done.result()
+    for svc in services:
         report(f"{svc.name}{' (secured)' if secure else ''}: {svc.up()}")
 
 
