@@ -53,7 +53,7 @@ test: up quick-bundle secure-up
 	$(TEST_ENV) $(VENV)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
 # No service needed: the agents run in process (tests/unit/inprocess.py); prints the coverage of
-# agents/ and app/dataplane.py.
+# agents/ and app/http/dataplane.py.
 test-unit: setup
 	$(VENV)/python -m coverage run -m pytest -ra -m "not integration and not e2e and not chaos and not browser and not packaging and not export and not containers" tests/unit $(PYTEST_ARGS)
 	$(VENV)/python -m coverage report

@@ -4,6 +4,6 @@
 ``classifiers`` image-features-stream -> fast / balanced / accurate LightGBM -> PostgreSQL
 ``dead_letter`` images-dead-letter -> image status 'failed' in PostgreSQL
 
-Each module has ``register(app, runtime, ...)``; ``app.faust_app`` calls those for the roles
+Each module has ``register(app, runtime, ...)``; ``app.stream.faust_app`` calls those for the roles
 this worker runs.
 """

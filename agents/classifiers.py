@@ -12,7 +12,6 @@ agent retries the batch and Kafka holds the backlog: nothing accepted is lost.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -22,12 +21,14 @@ import faust
 import numpy as np
 
 from agents import dead_letter
-from agents.policy import handle_batches, retry_outages, run_batch
-from app.errors import ModelError, Unprocessable
-from app.messages import Trace, decode_descriptors
-from app.metrics import BATCH_SIZE, COMPUTE_SECONDS, END_TO_END, MESSAGES, PREDICT_SECONDS, QUEUE_SECONDS
-from app.runtime import Runtime
-from app.storage.database import ImageProgress, PredictionRow
+from app.stream.policy import handle_batches, retry_outages, run_batch
+from app.core.errors import ModelError, Unprocessable
+from app.stream.messages import Trace, decode_descriptors
+from app.core.metrics import BATCH_SIZE, COMPUTE_SECONDS, END_TO_END, MESSAGES, QUEUE_SECONDS
+from app.bundles.deployment import BundleDeployment
+from app.bundles.predict import predict_rows
+from app.stream.runtime import Runtime
+from app.storage.database import ImageProgress
 
 log = logging.getLogger("imgstream.classifiers")
 
@@ -41,7 +42,8 @@ def stage(name: str) -> str:
     return f"classifier-{name}"
 
 
-async def process_batch(runtime: Runtime, names: Sequence[str], events: list) -> int:
+async def process_batch(runtime: Runtime, deployment: BundleDeployment, names: Sequence[str],
+                        events: list) -> int:
     """Classify one micro-batch with each classifier of ``names``; returns rows inserted.
 
     Descriptors are classified by the bundle that produced them (trace header ``v``), so a worker
@@ -59,7 +61,7 @@ async def process_batch(runtime: Runtime, names: Sequence[str], events: list) ->
             image_id, desc = decode_descriptors(event.value)
             trace = Trace.from_headers(event.headers)
             bundle = await retry_outages(
-                f"loading bundle {trace.bundle_version}", lambda: runtime.classifiers_for(trace.bundle_version),
+                f"loading bundle {trace.bundle_version}", lambda: deployment.classifiers_for(trace.bundle_version),
                 stage=stages[0])
             if desc.shape[0] != bundle.k:
                 raise Unprocessable(f"{desc.shape[0]} descriptors, bundle {bundle.version} expects {bundle.k}",
@@ -112,38 +114,14 @@ async def _classify(runtime: Runtime, names: Sequence[str], version: str, items:
     return inserted
 
 
-async def predict_rows(bundle, pool, names: Sequence[str], ids: list, x: np.ndarray) -> list[PredictionRow]:
-    """One call off the event loop runs each classifier of ``names`` on a batch -> rows tagged with
-    the bundle's version. Shared by the classifier agents and ``imgstream replay``."""
-    version = bundle.version
-
-    def predict() -> list[tuple[str, np.ndarray, float]]:
-        out = []
-        for name in names:
-            started = time.perf_counter()
-            out.append((name, bundle.predict(name, x), time.perf_counter() - started))
-        return out
-
-    rows = []
-    labels = bundle.labels
-    for name, probs, predict_s in await asyncio.get_running_loop().run_in_executor(pool, predict):
-        PREDICT_SECONDS.labels(name, version).observe(predict_s / len(ids))
-        latency_ms = 1000 * predict_s / len(ids)
-        # whole-array conversions: one call each instead of one per row and probability
-        rows += [PredictionRow(image_id, name, version, labels[best], confidence, p, latency_ms)
-                 for image_id, best, confidence, p in zip(ids, probs.argmax(1).tolist(), probs.max(1).tolist(),
-                                                          probs.tolist(), strict=True)]
-    return rows
-
-
-def register(app: faust.App, runtime: Runtime, names: list[str]) -> None:
+def register(app: faust.App, runtime: Runtime, deployment: BundleDeployment, names: list[str]) -> None:
     """One agent for this worker's classifiers (``shared``), or one per classifier (``each``)."""
     settings = runtime.settings
     if settings.classifier_agents == "shared":
-        _register_agent(app, runtime, names, settings)
+        _register_agent(app, runtime, deployment, names, settings)
     else:
         for name in names:
-            _register_agent(app, runtime, [name], settings)
+            _register_agent(app, runtime, deployment, [name], settings)
 
 
 def agent_name(names: Sequence[str]) -> str:
@@ -151,17 +129,18 @@ def agent_name(names: Sequence[str]) -> str:
     return stage(names[0]) if len(names) == 1 else f"classifiers-{'-'.join(names)}"
 
 
-def _register_agent(app: faust.App, runtime: Runtime, names: list[str], settings) -> None:
+def _register_agent(app: faust.App, runtime: Runtime, deployment: BundleDeployment, names: list[str],
+                    settings) -> None:
     name = agent_name(names)
 
     async def classify(stream):
         await runtime.ready.wait()
-        await runtime.wait_bundle()
-        # agents/policy.py: outages retried without limit, a message that always fails isolated
+        await deployment.wait()
+        # app/stream/policy.py: outages retried without limit, a message that always fails isolated
         # and dead-lettered, a batch acked once handled (rows are idempotent, so re-running a
         # batch is safe).
         await handle_batches(stream, settings.classify_batch_size, settings.classify_batch_within, lambda events: run_batch(
-            events, lambda batch: process_batch(runtime, names, batch), stage=name,
+            events, lambda batch: process_batch(runtime, deployment, names, batch), stage=name,
             on_poison=lambda event, exc: _poison(runtime, names, event, exc), attempts=settings.poison_attempts))
 
     classify.__name__ = classify.__qualname__ = name.replace("-", "_")

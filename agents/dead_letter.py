@@ -11,12 +11,12 @@ from uuid import UUID
 
 import faust
 
-from agents.policy import retry_outages
-from app import broker, faust_patches
-from app.errors import ImgstreamError, Unprocessable
-from app.messages import DeadLetter, ImageUploaded, decode_descriptors
-from app.metrics import DEAD_LETTERED, MESSAGES, RESENT
-from app.runtime import Runtime
+from app.stream.policy import retry_outages
+from app.stream import broker, faust_patches
+from app.core.errors import ImgstreamError, Unprocessable
+from app.stream.messages import DeadLetter, ImageUploaded, decode_descriptors
+from app.core.metrics import DEAD_LETTERED, MESSAGES, RESENT
+from app.stream.runtime import Runtime
 
 log = logging.getLogger("imgstream.dead_letter")
 
@@ -26,7 +26,7 @@ async def send(runtime: Runtime, stage: str, event, error: ImgstreamError, **ids
     letter = DeadLetter(stage=stage, code=error.code, reason=error.message, topic=msg.topic,
                         partition=msg.partition, offset=msg.offset, failed_at=time.time(), **ids)
     key = (ids.get("image_id") or f"{msg.topic}:{msg.partition}:{msg.offset}").encode()
-    await runtime.send(runtime.topics.dead_letter, key, letter.dumps())
+    await runtime.producer.send(runtime.topics.dead_letter, key, letter.dumps())
     DEAD_LETTERED.labels(stage, error.code).inc()
     log.warning("dead-lettered %s message: %s", stage, error.message,
                 extra={"image_id": ids.get("image_id"), "code": error.code})
@@ -108,7 +108,7 @@ class Sweeper:
             msg = ImageUploaded(str(r["image_id"]), r["object_key"], r["sha256"], r["size"] or 0,
                                 r["content_type"] or "image/jpeg",
                                 r["uploaded_at"].timestamp() if r["uploaded_at"] else time.time())
-            meta = await self.rt.send(self.rt.topics.input, msg.sha256.encode(), msg.dumps())
+            meta = await self.rt.producer.send(self.rt.topics.input, msg.sha256.encode(), msg.dumps())
             await self.rt.db.set_input_offset(r["image_id"], meta.partition, meta.offset)
             log.warning("re-published an accepted image with no prediction", extra={"image_id": msg.image_id})
         RESENT.inc(len(rows))

@@ -42,7 +42,7 @@ def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 
 
-# What computes a classifier's raw scores (not app.runtime.Runtime, the worker's services)
+# What computes a classifier's raw scores (not app.stream.runtime.Runtime, the worker's services)
 TreeRuntime = Literal["onnx", "lightgbm"]
 
 

@@ -1,5 +1,5 @@
 """The root of imgstream's one error hierarchy and the errors the model code raises (a bad image,
-a bad bundle). ``app/errors.py`` re-exports them beside the worker's own errors."""
+a bad bundle). ``app/core/errors.py`` re-exports them beside the worker's own errors."""
 
 from __future__ import annotations
 
@@ -46,3 +46,10 @@ class ModelError(ImgstreamError):
     """A model bundle is missing, incomplete or inconsistent."""
 
     status, code = 503, "model_unavailable"
+
+
+class DataError(ImgstreamError):
+    """Labelled images given to training or evaluation do not fit: no images where they were
+    looked for, or classes the bundle does not know."""
+
+    status, code = 400, "bad_data"

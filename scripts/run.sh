@@ -18,7 +18,7 @@ QUICK_PER_CLASS=${QUICK_PER_CLASS:-500}
 mkdir -p var/logs var/reports
 SECONDS=0
 
-onnx=$(python -c 'from app.settings import get_settings as g; s = g(); print(s.state_dir / "onnx" / f"{s.backbone}.onnx")')
+onnx=$(python -c 'from app.core.settings import get_settings as g; s = g(); print(s.state_dir / "onnx" / f"{s.backbone}.onnx")')
 export_pid=
 if [[ ! -f $onnx ]]; then
   echo "run: exporting the backbone in the background (var/logs/export.log) while the services start"
@@ -35,7 +35,7 @@ fi
 published=$(python - <<'PY'
 import asyncio
 from app import registry
-from app.settings import get_settings
+from app.core.settings import get_settings
 from app.storage.objectstore import ObjectStore
 
 async def main():

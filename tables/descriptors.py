@@ -26,8 +26,8 @@ import numpy as np
 from faust.streams import _current_event
 from faust.types import TP
 
-from app.metrics import TABLE_ENTRIES, TABLE_EXPIRED, TABLE_MEMORY
-from app.settings import Settings
+from app.core.metrics import TABLE_ENTRIES, TABLE_EXPIRED, TABLE_MEMORY
+from app.core.settings import Settings
 
 TABLE_NAME = "descriptors"
 

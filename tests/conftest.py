@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -38,7 +38,7 @@ def settings() -> Settings:
 def stack(settings: Settings):
     """The running local stack, checked for real (not mocked). At the end of the session the
     tests' private topics (``test-*``) are deleted, so the broker does not pile up partitions."""
-    from app import broker
+    from app.stream import broker
     from tools import stack as local_stack
 
     bad = [(name, health) for name, _, health in local_stack.status(settings) if health != "healthy"]

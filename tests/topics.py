@@ -7,8 +7,8 @@ from collections import Counter
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app import broker
-from app.messages import ImageUploaded, decode_descriptors
+from app.stream import broker
+from app.stream.messages import ImageUploaded, decode_descriptors
 
 
 async def read_topic(settings, topic: str) -> list:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tools.process import Process
+from tools.base.process import Process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,8 @@ def pinned_bundle() -> str:
     if not _PINNED:
         import asyncio
 
-        from app import registry
-        from app.settings import Settings
+        from app.bundles import registry
+        from app.core.settings import Settings
         from app.storage.objectstore import ObjectStore
 
         async def latest() -> str:
@@ -68,7 +68,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> str:
     import subprocess
 
     # faulthandler: a crash (a signal, not an exception) still says where it happened
-    res = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "app.cli", *args], cwd=REPO,
+    res = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "app.ops.cli", *args], cwd=REPO,
                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"exit status {res.returncode}\n{res.stdout}{res.stderr}"
     return res.stdout
@@ -83,9 +83,12 @@ def train_bundle(dataset: Path, k: int, reduction: str = "pca", limit_per_class:
 
 
 class Worker:
-    """A worker process (tools.process.Process) on a free port, with its HTTP helpers."""
+    """A worker process (tools.base.process.Process) on a free port, with its HTTP helpers."""
 
-    def __init__(self, env: dict[str, str], roles: str | None = None, log_dir: Path | None = None) -> None:
+    def __init__(self, env: dict[str, str], roles: str | None = None, log_dir: Path | None = None,
+                 entry: str = "app.ops.cli") -> None:
+        """``entry``: the module run as ``python -m`` (a test wrapper such as tests.seek_window)."""
+        self.entry = entry
         self.port = free_port()
         self.env = {**os.environ, **env, "IMGSTREAM_WEB_PORT": str(self.port)}
         if roles:
@@ -98,7 +101,7 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Worker:
-        self.process.start([sys.executable, "-m", "app.cli", "worker", "-l", "info"], env=self.env, cwd=REPO)
+        self.process.start([sys.executable, "-m", self.entry, "worker", "-l", "info"], env=self.env, cwd=REPO)
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""The tooling commands of ``imgstream`` (added by ``app.cli`` when this package is importable):
+"""The tooling commands of ``imgstream`` (joined to ``app.ops.cli`` by the ``imgstream.commands`` entry point):
 the local stack, models export / train / evaluate, bench, soak, table-state and docs."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from app.cli_support import _bundle_path, _progress, _publish, _task_factory, console
-from app.settings import get_settings
+from app.ops.cli_support import _bundle_path, _progress, _publish, _task_factory, console
+from app.core.settings import get_settings
 
 DEFAULT_DATA = Path("../shared/datasets/cifar10/train.tar.gz")
 
@@ -119,7 +119,7 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
     ) -> None:
         """The chart's pods on this host: `helm template` with deploy/podman/values-local.yaml played by
         `podman kube play` (the image from `imgstream image build`, the local stack on 127.0.0.1)."""
-        from app.settings import ROLES
+        from app.core.settings import ROLES
         from tools import kube_play
 
         folder = get_settings().state_dir.resolve() / "kube-play"
@@ -152,11 +152,11 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
 
     @cli.command("docs")
     def docs() -> None:
-        """Regenerate the README's settings and metrics tables and the Helm chart's generated values
+        """Regenerate the settings and metrics tables of docs/REFERENCE.md and the Helm chart's generated values
         (every setting; the measured peak RSS and throughput from docs/BENCHMARKS.json)."""
         from tools import docs as generated
 
-        console.print("README.md / values.yaml updated" if generated.update() else "already up to date")
+        console.print("docs/REFERENCE.md / values.yaml updated" if generated.update() else "already up to date")
 
     @models_cli.command("export")
     def models_export(

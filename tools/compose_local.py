@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tools import containers
-from tools.errors import ToolingError
-from tools.process import Process
+from tools.base.errors import ToolingError
+from tools.base.process import Process
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "deploy" / "compose" / "local"

@@ -20,9 +20,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from app.settings import Settings
-from tools.errors import ToolingError
-from tools.process import run_checked as _run
+from app.core.settings import Settings
+from tools.base.errors import ToolingError
+from tools.base.process import run_checked as _run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "deploy" / "podman" / "containers.conf"

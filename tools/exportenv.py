@@ -11,8 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tools.errors import ToolingError
-from app.settings import Settings
+from tools.base.errors import ToolingError
+from app.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from app.settings import Settings
-from tools.process import go_binary, run_checked as _run
+from app.core.settings import Settings
+from tools.base.process import go_binary, run_checked as _run
 
 HELM_VERSION = "v3.22.0"
 KEDA_MODULE = "github.com/kedacore/keda/v2"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tools import k8s
 from tools.containers import podman
-from tools.errors import ToolingError
+from tools.base.errors import ToolingError
 from tools.stack.secure import write_private
 
 REPO = Path(__file__).resolve().parents[1]

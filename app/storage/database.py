@@ -14,9 +14,9 @@ from uuid import UUID
 
 import asyncpg
 
-from app.errors import ServiceUnavailable
-from app.security import describe, postgres_ssl
-from app.settings import Settings
+from app.core.errors import ServiceUnavailable
+from app.core.security import describe, postgres_ssl
+from app.core.settings import Settings
 
 # Errors that mean "PostgreSQL is (going) away", retried by the agents: connection failures, the
 # server shutting down under a query (AdminShutdown, CrashShutdown), refusing connections while

@@ -24,10 +24,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import S3Store
 
-from app.errors import NotFound, ServiceUnavailable
-from app.metrics import DELETE_FAILED
-from app.security import describe
-from app.settings import Settings
+from app.core.errors import NotFound, ServiceUnavailable
+from app.core.metrics import DELETE_FAILED
+from app.core.security import describe
+from app.core.settings import Settings
 from app.storage import exit_guard
 
 log = logging.getLogger("imgstream.objectstore")

@@ -2,8 +2,8 @@
 
 Each run: a worker takes 20 uploads (so the descriptor table's changelog holds data and offsets are
 committed) and is killed with SIGKILL; a front-only worker accepts 100 more; the worker restarts
-and must extract and classify all 120, with the sweeper off. With IMGSTREAM_TEST_SEEK_DELAY_S=3
-the recovery's seek window is held open (the race in app/faust_patches.py then loses the whole
+and must extract and classify all 120, with the sweeper off. With --seek-delay 3 the worker runs
+through tests/seek_window.py and the recovery's seek window is held open (the race in app/stream/faust_patches.py then loses the whole
 block on unpatched faust-streaming 0.15.3). Needs the local stack (`imgstream stack up`) and a
 published test bundle:
 
@@ -26,8 +26,8 @@ os.environ.setdefault("IMGSTREAM_S3_BUCKET", "imgstream-test")
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 
-from app.client import upload_bytes  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.http.client import upload_bytes  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
 from models import data  # noqa: E402
 from tests.workers import Worker, images_from, isolated_env  # noqa: E402
 
@@ -59,7 +59,8 @@ def one_run(sample: list[tuple[str, bytes]], seek_delay: float) -> int:
     env = isolated_env(uuid.uuid4().hex[:8], IMGSTREAM_KAFKA_SESSION_TIMEOUT="6",
                        IMGSTREAM_TEST_SEEK_DELAY_S=str(seek_delay))
     logs = Path("var/logs/repro")
-    worker, front = Worker(env, log_dir=logs), Worker(env, roles="dead-letter", log_dir=logs)
+    worker = Worker(env, log_dir=logs, entry="tests.seek_window" if seek_delay else "app.ops.cli")
+    front = Worker(env, roles="dead-letter", log_dir=logs)
     try:
         worker.start().wait_healthy()
         ids = asyncio.run(upload(worker.url, images[:20]))

@@ -29,7 +29,7 @@ def experiment(stack, dataset, sample_images, tmp_path_factory):
     import asyncio
     import uuid
 
-    from app.client import upload_many
+    from app.http.client import upload_many
     from tests.workers import Worker, cli, isolated_env, pinned_bundle, train_bundle
 
     serving = pinned_bundle()

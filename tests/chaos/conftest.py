@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from app.client import upload_bytes
+from app.http.client import upload_bytes
 from tests.conftest import REPO
 from tests.topics import descriptor_messages_per_image, input_events_per_image
 from tests.workers import images_from  # noqa: F401 - the chaos tests' image maker

@@ -1,9 +1,9 @@
-"""Faust's recovery race on the real stack, made deterministic: the test-only hook holds the
-consumer for 3 s after it seeks to the committed offsets (IMGSTREAM_TEST_SEEK_DELAY_S), the
+"""Faust's recovery race on the real stack, made deterministic: the worker runs through
+tests/seek_window.py, which holds its consumer for 3 s after it seeks to the committed offsets, the
 descriptor table's changelog holds data (so the fetcher is already running when recovery
 completes), the worker is killed with SIGKILL and restarted. Unpatched faust-streaming 0.15.3
 resumes the input partitions before that seek, fetches records in the window and then clears
-them from the agents' queues: they are never processed. With app/faust_patches.py every accepted
+them from the agents' queues: they are never processed. With app/stream/faust_patches.py every accepted
 image completes, with the sweeper off."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 import aiohttp
 import pytest
 
-from app.client import upload_bytes
+from app.http.client import upload_bytes
 from tests.chaos.conftest import Uploader, assert_none_lost_or_doubled, measure
 from tests.workers import Worker, images_from, isolated_env
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.chaos
 async def test_kill9_restart_with_a_wide_seek_window_loses_nothing(stack, sample_images, record, tmp_path):
     env = isolated_env(uuid.uuid4().hex[:8], IMGSTREAM_TEST_SEEK_DELAY_S="3", IMGSTREAM_KAFKA_SESSION_TIMEOUT="6")
     images = images_from(sample_images, 120, uuid.uuid4().hex)
-    worker = Worker(env, log_dir=tmp_path).start()
+    worker = Worker(env, log_dir=tmp_path, entry="tests.seek_window").start()
     front = Worker(env, roles="front", log_dir=tmp_path)  # HTTP only, no agent
     uploader = Uploader(images[20:], concurrency=8)
     try:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from app.settings import ROLES, Settings
+from app.core.settings import ROLES, Settings
 from tools import chart, k8s
-from tools.errors import ToolingError
+from tools.base.errors import ToolingError
 
 pytestmark = pytest.mark.chart
 

@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 
-from app.client import upload_bytes, wait_complete
-from app.settings import ROLES
+from app.http.client import upload_bytes, wait_complete
+from app.core.settings import ROLES
 from tests.containers.helpers import http_get
 from tests.workers import free_port, images_from, pinned_bundle, rows_per_image
 

@@ -15,7 +15,7 @@ import uuid
 import aiohttp
 import pytest
 
-from app.client import upload_bytes, wait_complete
+from app.http.client import upload_bytes, wait_complete
 from tests.conftest import REPO
 from tests.containers.helpers import http_get
 from tests.workers import images_from, pinned_bundle
@@ -50,7 +50,7 @@ async def test_compose_up_uploads_then_down_and_up_keeps_every_prediction(worker
         assert "topic images-input-stream: created" in init and "bucket imgstream: ready" in init
         assert "migrations applied" in init
         # a model for the compose stack's own S3: the session's bundle, published there
-        publish = subprocess.run([sys.executable, "-m", "app.cli", "models", "publish",
+        publish = subprocess.run([sys.executable, "-m", "app.ops.cli", "models", "publish",
                                   str(stack.bundles_dir / pinned_bundle())], cwd=REPO, capture_output=True,
                                  text=True, env={**os.environ, **LOCAL}, timeout=120)
         assert publish.returncode == 0, publish.stderr[-2000:]

@@ -15,7 +15,7 @@ import uuid
 import aiohttp
 import pytest
 
-from app.client import upload_bytes, wait_complete
+from app.http.client import upload_bytes, wait_complete
 from tests.containers.helpers import Container, http_get
 from tests.workers import free_port, images_from, isolated_env, rows_per_image
 

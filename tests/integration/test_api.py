@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from app.client import upload_bytes, wait_complete
+from app.http.client import upload_bytes, wait_complete
 from tests.workers import images_from
 
 pytestmark = pytest.mark.e2e

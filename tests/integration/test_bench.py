@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 def test_quick_bench_writes_report_plot_and_json(stack, dataset, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--quick", "--data", str(dataset), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "bench", "--quick", "--data", str(dataset), "--out", str(out),
                            "--baseline", "HEAD"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()

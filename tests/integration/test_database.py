@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.errors import ServiceUnavailable
+from app.core.errors import ServiceUnavailable
 from app.storage.database import Database, ImageProgress, PredictionRow
 
 pytestmark = pytest.mark.integration

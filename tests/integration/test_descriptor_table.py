@@ -14,8 +14,8 @@ import uuid
 import aiohttp
 import pytest
 
-from app.client import upload_bytes, wait_complete
-from app.settings import Settings
+from app.http.client import upload_bytes, wait_complete
+from app.core.settings import Settings
 from tests.topics import read_topic
 from tests.workers import Worker, images_from, isolated_env
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from PIL import Image, ImageFilter
 
-from app.client import upload_bytes, upload_many, wait_complete
+from app.http.client import upload_bytes, upload_many, wait_complete
 from models import data
 from tests.workers import Worker, cli, isolated_env, pinned_bundle, train_bundle
 

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from app.errors import NotFound
+from app.core.errors import NotFound
 from app.storage.objectstore import ObjectStore
 
 pytestmark = pytest.mark.integration

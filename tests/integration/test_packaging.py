@@ -29,8 +29,8 @@ for pkg in {WORKER_PACKAGES!r}:
 names = [n for n in names if n not in {sorted(NOT_WORKER)!r}]
 for n in names:
     importlib.import_module(n)
-from app.faust_app import create_app
-from app.settings import Settings
+from app.worker import create_app
+from app.core.settings import Settings
 create_app(Settings(state_dir=sys.argv[1]))  # every role's agents, the table and the views
 present = [m for m in {TOOLING_ONLY!r} if importlib.util.find_spec(m) is not None]
 assert not present, f"tooling dependencies installed with the worker: {{present}}"

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.client import upload_bytes, wait_complete
-from app.messages import ImageUploaded
+from app.http.client import upload_bytes, wait_complete
+from app.stream.messages import ImageUploaded
 from app.storage.objectstore import ObjectStore
 from tests.workers import rows_per_image
 
@@ -110,7 +110,7 @@ async def test_a_message_that_always_fails_is_dead_lettered_and_its_partition_go
 
     import numpy as np
 
-    from app.messages import encode_descriptors
+    from app.stream.messages import encode_descriptors
     from tests.workers import images_from
 
     worker, env = pipeline

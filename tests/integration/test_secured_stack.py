@@ -21,9 +21,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from app.client import upload_bytes, wait_complete
-from app.security import postgres_ssl
-from app.settings import Settings
+from app.http.client import upload_bytes, wait_complete
+from app.core.security import postgres_ssl
+from app.core.settings import Settings
 from tests.conftest import REPO, missing
 from tests.workers import Worker, isolated_env, pinned_bundle, rows_per_image
 
@@ -42,7 +42,7 @@ def secured(settings):
         missing(f"secured services not healthy: {bad}; run `imgstream stack up --secure`")
     env = prepare(settings).env(settings)
     bundle = settings.bundles_dir / pinned_bundle()
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "models", "publish", str(bundle)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "models", "publish", str(bundle)], cwd=REPO,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with pytest.MonkeyPatch.context() as mp:
@@ -166,7 +166,7 @@ def test_a_wrong_secret_or_certificate_is_named_in_ready_within_30s(secured, tmp
 
 async def test_plain_is_offered_beside_scram(secured):
     """The broker's listener takes PLAIN too (some managed services offer only PLAIN over TLS)."""
-    from app import broker
+    from app.stream import broker
 
     _, s = secured
     plain = s.model_copy(update={"kafka_sasl_mechanism": "PLAIN"})

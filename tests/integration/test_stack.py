@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app import broker
+from app.stream import broker
 from app.storage.objectstore import ObjectStore
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ async def test_s3_put_get_delete(stack):
         await store.put(key, b"\x00hello\xff")
         assert await store.get(key) == b"\x00hello\xff"
         await store.delete(key)
-        from app.errors import NotFound
+        from app.core.errors import NotFound
         with pytest.raises(NotFound):
             await store.get(key)
 
@@ -78,7 +78,7 @@ async def test_postgres_query_and_schema(stack):
 
 
 def test_stack_status_reports_every_service_healthy(stack):
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "stack", "status"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "stack", "status"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("postgres", "s3", "kafka"):
         assert name in proc.stdout
@@ -86,7 +86,7 @@ def test_stack_status_reports_every_service_healthy(stack):
 
 
 def test_stack_up_is_idempotent(stack):
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "stack", "up"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "stack", "up"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("already running") == 3
 
@@ -142,7 +142,7 @@ def test_the_secured_compose_override_passes_credentials_as_files_only(tmp_path)
         (run / f"imgstream_{n}").write_text(f"value-of-{n}\n" if n != "postgres_dsn" else "postgresql://u:p@h/d\n")
     worker_env = {k: str(v) for k, v in config["services"]["worker"]["environment"].items() if v is not None}
     worker_env["IMGSTREAM_SECRETS_DIR"] = str(run)
-    proc = subprocess.run([sys.executable, "-c", "from app.settings import Settings; s = Settings(); "
+    proc = subprocess.run([sys.executable, "-c", "from app.core.settings import Settings; s = Settings(); "
                            "print(s.kafka_password.get_secret_value(), s.api_write_tokens[0].get_secret_value(), "
                            "s.postgres_dsn.get_secret_value(), s.kafka_security_protocol)"],
                           capture_output=True, text=True, cwd=REPO, env={"PATH": os.environ["PATH"], **worker_env})
@@ -159,7 +159,7 @@ def test_prometheus_scrapes_the_worker(stack, pipeline):
 
     worker, _ = pipeline
     env = {**os.environ, "IMGSTREAM_WEB_PORT": str(worker.port)}
-    up = subprocess.run([sys.executable, "-m", "app.cli", "stack", "up", "prometheus"], capture_output=True,
+    up = subprocess.run([sys.executable, "-m", "app.ops.cli", "stack", "up", "prometheus"], capture_output=True,
                         text=True, env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
@@ -176,4 +176,4 @@ def test_prometheus_scrapes_the_worker(stack, pipeline):
         q = urllib.request.urlopen("http://127.0.0.1:9090/api/v1/query?query=imgstream_uploads_total", timeout=5)
         assert json.load(q)["data"]["result"], "the worker's own metrics reach Prometheus"
     finally:
-        subprocess.run([sys.executable, "-m", "app.cli", "stack", "down", "prometheus"], capture_output=True)
+        subprocess.run([sys.executable, "-m", "app.ops.cli", "stack", "down", "prometheus"], capture_output=True)

@@ -13,8 +13,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from app.client import upload_bytes, wait_complete
-from app.settings import ROLES
+from app.http.client import upload_bytes, wait_complete
+from app.core.settings import ROLES
 from app.storage.database import Database, UploadRecord
 from app.storage.objectstore import ObjectStore
 from tests.topics import descriptor_messages_per_image

@@ -20,10 +20,15 @@ import lightgbm as lgb
 import numpy as np
 from PIL import Image
 
-from app.errors import NotFound, ServiceUnavailable
-from app.messages import ImageUploaded, Trace, encode_descriptors
-from app.runtime import Runtime
-from app.settings import Settings
+from app.core.errors import NotFound, ServiceUnavailable
+from app.stream.messages import ImageUploaded, Trace, encode_descriptors
+from app.bundles.deployment import BundleDeployment
+from app.bundles.drift import DriftMonitor
+from app.http.dataplane import DataPlane
+from app.http.history import History
+from app.storage.uploads import UploadRecorder
+from app.stream.runtime import Runtime
+from app.core.settings import Settings
 from models.backbones import BackboneSpec
 from models.bundle import Bundle
 from models.classifier import Classifier
@@ -208,24 +213,14 @@ class Sent(SimpleNamespace):
     """One produced record: topic, key, value, headers."""
 
 
-class InProcessRuntime(Runtime):
-    """The real Runtime with in-memory resources: S3, PostgreSQL and the producer are fakes."""
+class FakeProducer:
+    """Keeps what is produced instead of sending it."""
 
-    def __init__(self, app: faust.App, settings: Settings, bundle: Bundle) -> None:
-        super().__init__(app, settings)
-        self.store = FakeStore()
-        self.db = FakeDatabase()
-        self._bundle = bundle
-        self.others: dict[str, Bundle] = {}
+    def __init__(self) -> None:
         self.sent: list[Sent] = []
-        self.ready.set()
 
-    async def classifiers_for(self, version: str) -> Bundle:
-        if version == self.bundle.version:
-            return self.bundle
-        if version in self.others:
-            return self.others[version]
-        return await super().classifiers_for(version)
+    async def send(self, topic, key: bytes, value: bytes, headers=None, timeout: float = 15.0):
+        return (await self.send_many(topic, [(key, value, headers)], timeout))[0]
 
     async def send_many(self, topic, records, timeout: float = 15.0) -> list:
         name = topic.get_topic_name()
@@ -234,6 +229,51 @@ class InProcessRuntime(Runtime):
             self.sent.append(Sent(topic=name, key=key, value=value, headers=dict(headers or [])))
             metadata.append(SimpleNamespace(partition=0, offset=len(self.sent) - 1))
         return metadata
+
+
+class InProcessDeployment(BundleDeployment):
+    """Serves ``bundle``; ``others`` are the published bundles classifiers_for finds by version."""
+
+    def __init__(self, runtime: Runtime, bundle: Bundle) -> None:
+        super().__init__(runtime.settings, runtime.store, runtime.predict_pool, "extractor" in runtime.settings.roles)
+        self.others: dict[str, Bundle] = {}
+        self.serve(bundle)
+
+    async def classifiers_for(self, version: str) -> Bundle:
+        if version in self.others:
+            return self.others[version]
+        return await super().classifiers_for(version)
+
+
+class InProcessRuntime(Runtime):
+    """The real Runtime with in-memory resources: S3, PostgreSQL and the producer are fakes; beside
+    it, the parts a worker assembles around it (app/worker.py), on those resources."""
+
+    def __init__(self, app: faust.App, settings: Settings, bundle: Bundle) -> None:
+        super().__init__(app, settings)
+        self.store = FakeStore()
+        self.db = FakeDatabase()
+        self.producer = FakeProducer()
+        self.ready.set()
+        self.deployment = InProcessDeployment(self, bundle)
+        self.uploads = UploadRecorder(self.db)
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_images)
+        self.history = History()
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.deployment.bundle
+
+    @property
+    def others(self) -> dict[str, Bundle]:
+        return self.deployment.others
+
+    @property
+    def sent(self) -> list[Sent]:
+        return self.producer.sent
+
+    def dataplane(self) -> DataPlane:
+        return DataPlane(self, self.deployment, self.uploads, self.drift, self.history)
 
     def on(self, topic: str) -> list[Sent]:
         return [s for s in self.sent if s.topic == topic]

@@ -1,4 +1,4 @@
-"""Access control, generated from the route table (app/views/openapi.py ROUTES + EXTERNAL): every
+"""Access control, generated from the route table (app/http/openapi.py ROUTES + EXTERNAL): every
 route is tried without a token, with a wrong one, with a read token, a write token and a metrics
 token, so a route added to the table later is covered without touching this test. The OpenAPI
 document declares each route's scheme."""
@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.dataplane import DataPlane
-from app.views import api
-from app.views.openapi import EXTERNAL, ROUTES, openapi
+from app.http.dataplane import DataPlane
+from app.http import api
+from app.http.openapi import EXTERNAL, ROUTES, openapi
 from tests.unit.inprocess import InProcessRuntime, app_for, image, settings, tiny_bundle
 
 TOKENS = {"api_read_tokens": "read-a,read-b", "api_write_tokens": "write-a,write-b", "metrics_tokens": "scrape-a"}
@@ -28,7 +28,7 @@ async def client():
     s = settings(**TOKENS)
     runtime = InProcessRuntime(app_for(s), s, tiny_bundle())
     web_app = web.Application()
-    api.setup(web_app, DataPlane(runtime), s)
+    api.setup(web_app, runtime.dataplane(), s)
     for route in EXTERNAL:  # served by Faust's own page in a worker; the same middleware guards it
         web_app.router.add_get(route.path, lambda _: web.Response(text="# metrics\n"))
     async with TestClient(TestServer(web_app)) as c:

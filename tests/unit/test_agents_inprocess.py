@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agents import classifiers, dead_letter, extractor
-from app.messages import DeadLetter, Trace, decode_descriptors
+from app.stream.messages import DeadLetter, Trace, decode_descriptors
 from models.preprocess import model_pixels, preprocess
 from tables import descriptors as table_codec
 from tests.unit.inprocess import (InProcessRuntime, app_for, descriptor_event, image, settings, tiny_bundle, until,
@@ -30,7 +30,7 @@ def extractor_rig():
     bundle = tiny_bundle()
     runtime = InProcessRuntime(app, s, bundle)
     table = table_codec.declare(app, s)
-    extractor.register(app, runtime, table)
+    runtime.extractor = extractor.register(app, runtime, runtime.deployment, runtime.drift, table)
     return app, runtime, table, bundle
 
 
@@ -118,7 +118,7 @@ def pipelined_rig():
     runtime = InProcessRuntime(app, s, bundle)
     runtime.recent_uploads.max_bytes = 0  # every image fetched from the store
     table = table_codec.declare(app, s)
-    extractor.register(app, runtime, table)
+    runtime.extractor = extractor.register(app, runtime, runtime.deployment, runtime.drift, table)
     run = bundle.extractor.run
 
     def slow(batch, wide=False):
@@ -142,7 +142,7 @@ async def test_a_batch_in_flight_answers_the_same_bytes_in_the_next_batch(pipeli
     assert [str(decode_descriptors(s.value)[0]) for s in sent] == [first[0], second[0]]
     assert [Trace.from_headers(s.headers).cached for s in sent] == [False, True]
     assert np.array_equal(decode_descriptors(sent[0].value)[1], decode_descriptors(sent[1].value)[1])
-    assert not runtime.extracting  # claims are dropped once their batch is done
+    assert not runtime.extractor.claims  # claims are dropped once their batch is done
 
 
 async def test_when_the_batch_in_flight_fails_the_next_one_extracts_for_itself(pipelined_rig):
@@ -166,7 +166,7 @@ async def test_when_the_batch_in_flight_fails_the_next_one_extracts_for_itself(p
         await until(lambda: len(runtime.on(runtime.settings.dead_letter_topic)) == 1, what="the gone image's letter")
     assert str(decode_descriptors(runtime.on(runtime.settings.features_topic)[0].value)[0]) == kept[0]
     assert DeadLetter.loads(runtime.on(runtime.settings.dead_letter_topic)[0].value).code == "object_missing"
-    assert bundle.extractor.images == 1 and not runtime.extracting
+    assert bundle.extractor.images == 1 and not runtime.extractor.claims
 
 
 async def test_undecodable_and_missing_images_are_dead_lettered_and_the_batch_goes_on(extractor_rig):
@@ -205,7 +205,7 @@ def classifier_rig():
     app = app_for(s)
     bundle = tiny_bundle("v1", k=4)
     runtime = InProcessRuntime(app, s, bundle)
-    classifiers.register(app, runtime, ["fast"])
+    classifiers.register(app, runtime, runtime.deployment, ["fast"])
     return app, runtime, bundle
 
 
@@ -234,7 +234,7 @@ async def test_co_located_classifiers_share_one_agent_or_run_one_each(mode, agen
     app = app_for(s)
     bundle = tiny_bundle("v1", k=4)
     runtime = InProcessRuntime(app, s, bundle)
-    classifiers.register(app, runtime, ["fast", "balanced", "accurate"])
+    classifiers.register(app, runtime, runtime.deployment, ["fast", "balanced", "accurate"])
     assert sorted(a.name.rsplit(".", 1)[-1] for a in app.agents.values()) == sorted(agents)
     ids = [uuid.uuid4() for _ in range(3)]
     events = [descriptor_event(bundle, i, np.full(4, n, np.float32)) for n, i in enumerate(ids)]
@@ -314,7 +314,7 @@ async def test_an_image_that_always_breaks_the_backbone_is_isolated_as_poison(ex
 async def test_shadow_bundles_share_the_backbone_run_and_publish_tagged_descriptors(extractor_rig):
     app, runtime, table, bundle = extractor_rig
     k10, k5 = tiny_bundle("shadow-a", k=3, seed=1), tiny_bundle("shadow-b", k=5, seed=2)
-    runtime._shadows = (k10, k5)
+    runtime.deployment._shadows = (k10, k5)
     red, green = image((255, 0, 0), salt="sr"), image((0, 255, 0), salt="sg")
     events = [upload_event(runtime, red), upload_event(runtime, green), upload_event(runtime, red)]
     async with _agent(app, "extractor").test_context() as agent:
@@ -346,7 +346,7 @@ async def test_shadow_predictions_are_stored_but_never_answer_the_image(classifi
     now = __import__("time").time()
     key, value, headers = descriptor_event(v1, image_id, np.zeros(4))
     s_trace = Trace("v1-shadow", now - 0.1, now - 0.05, now, False, shadow=True)
-    from app.messages import encode_descriptors
+    from app.stream.messages import encode_descriptors
 
     async with _agent(app, "classifier-fast").test_context() as agent:
         # the shadow's message first: it must not decide which bundle answers the image

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from app.metrics import REGISTRY
+from app.core.metrics import REGISTRY
 from tests.conftest import missing
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"

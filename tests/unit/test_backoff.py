@@ -1,6 +1,6 @@
 import asyncio
 
-from app.backoff import Backoff
+from app.core.backoff import Backoff
 
 
 def test_doubles_up_to_the_cap_and_resets(monkeypatch):

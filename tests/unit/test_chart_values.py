@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from app.settings import ROLES, Settings
+from app.core.settings import ROLES, Settings
 from tools import chart
 
 

@@ -5,14 +5,14 @@ timeline."""
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from agents import classifiers
-from app.messages import Trace, encode_descriptors
+from app.core.threads import Pool
+from app.stream.messages import Trace, encode_descriptors
 
 K = 20
 
@@ -44,8 +44,8 @@ def runtime(monkeypatch):
         return Bundle()
 
     monkeypatch.setattr(classifiers.dead_letter, "send", send)
-    rt = SimpleNamespace(classifiers_for=classifiers_for, predict_pool=ThreadPoolExecutor(1),
-                         db=SimpleNamespace(write_predictions=write_predictions))
+    rt = SimpleNamespace(predict_pool=Pool(1, "predict"), db=SimpleNamespace(write_predictions=write_predictions),
+                         deployment=SimpleNamespace(classifiers_for=classifiers_for))
     yield rt, letters, writes
     rt.predict_pool.shutdown()
 
@@ -56,7 +56,7 @@ ALONE_OR_SHARED = [["fast"], ["balanced"], ["accurate"], ["fast", "balanced", "a
 @pytest.mark.parametrize("names", ALONE_OR_SHARED)
 async def test_every_classifier_dead_letters_what_it_refuses(runtime, names):
     rt, letters, _ = runtime
-    await classifiers.process_batch(rt, names, [event(b"\x01\x02 not a descriptor message")])
+    await classifiers.process_batch(rt, rt.deployment, names, [event(b"\x01\x02 not a descriptor message")])
     assert letters == [(f"classifier-{name}", "malformed_message") for name in names]
 
 
@@ -65,7 +65,7 @@ async def test_every_classifier_records_the_timeline(runtime, names):
     rt, _, writes = runtime
     image_id = uuid.uuid4()
     trace = Trace("v1", 1.0e9, 1.0e9 + 1, 1.0e9 + 2, False)
-    await classifiers.process_batch(rt, names, [event(encode_descriptors(image_id, np.zeros(K, np.float32)),
+    await classifiers.process_batch(rt, rt.deployment, names, [event(encode_descriptors(image_id, np.zeros(K, np.float32)),
                                                       trace.headers())])
     (progress, rows), = writes  # one write, whichever classifiers share the batch
     assert [p.image_id for p in progress] == [image_id] and progress[0].bundle_version == "v1"

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from app.client import NotComplete, wait_complete
+from app.http.client import NotComplete, wait_complete
 
 
 @pytest.fixture

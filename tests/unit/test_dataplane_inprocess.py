@@ -1,4 +1,4 @@
-"""The views' business logic (app/dataplane.py) and the sweeper in one process, on the real
+"""The views' business logic (app/http/dataplane.py) and the sweeper in one process, on the real
 Runtime with in-memory S3, PostgreSQL and producer."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from agents import dead_letter
-from app.contracts import ExtractRequest, PredictRequest
-from app.dataplane import DataPlane, consensus
-from app.errors import BadRequest, InvalidImage, NotFound, ServiceUnavailable, TooManyPixels, Unprocessable
-from app.messages import ImageUploaded
+from app.http.contracts import ExtractRequest, PredictRequest
+from app.http.dataplane import DataPlane, consensus
+from app.core.errors import BadRequest, InvalidImage, NotFound, ServiceUnavailable, TooManyPixels, Unprocessable
+from app.stream.messages import ImageUploaded
 from app.storage.database import ImageProgress, PredictionRow
 from models.domain import CLASSIFIERS
 from models.preprocess import model_pixels
@@ -33,7 +33,7 @@ def wire(result) -> dict:
 def plane():
     s = settings(max_pixels=10_000)
     runtime = InProcessRuntime(app_for(s), s, tiny_bundle())
-    return DataPlane(runtime), runtime
+    return runtime.dataplane(), runtime
 
 
 async def test_upload_stores_the_object_produces_the_event_and_records_the_row(plane):
@@ -83,7 +83,7 @@ async def test_an_upload_kafka_did_not_confirm_leaves_no_object(plane, monkeypat
     async def down(*a, **k):
         raise ServiceUnavailable("kafka unavailable: test")
 
-    monkeypatch.setattr(rt, "send", down)
+    monkeypatch.setattr(rt.producer, "send", down)
     with pytest.raises(ServiceUnavailable):
         await dp.upload(image((0, 0, 1), salt="k"))
     assert not rt.store.objects and not rt.db.uploads
@@ -93,12 +93,12 @@ async def test_an_upload_accepted_while_postgres_is_down_is_recorded_when_it_ret
     dp, rt = plane
     rt.db.down = 2
     body = wire(await dp.upload(image((0, 1, 0), salt="pg")))
-    assert uuid.UUID(body["image_id"]) not in rt.db.uploads and len(rt.unrecorded) == 1
+    assert uuid.UUID(body["image_id"]) not in rt.db.uploads and len(rt.uploads.pending) == 1
     for _ in range(100):
-        if not rt.unrecorded:
+        if not rt.uploads.pending:
             break
         await asyncio.sleep(0.05)
-    assert uuid.UUID(body["image_id"]) in rt.db.uploads and not rt.unrecorded
+    assert uuid.UUID(body["image_id"]) in rt.db.uploads and not rt.uploads.pending
 
 
 async def _complete(rt, image_id: uuid.UUID, labels=("red", "red", "green")) -> None:
@@ -181,7 +181,7 @@ async def test_stats_and_health_report_each_dependency(plane, monkeypatch):
     async def kafka_ping(settings, timeout=5.0):
         raise ServiceUnavailable("kafka unavailable: test")
 
-    monkeypatch.setattr("app.dataplane.broker.ping", kafka_ping)
+    monkeypatch.setattr("app.http.dataplane.broker.ping", kafka_ping)
     ok, health = await dp.health()
     body = wire(health)
     assert not ok and body["checks"]["kafka"] == {"ok": False, "error": "kafka unavailable: test"}
@@ -237,7 +237,7 @@ async def test_the_sweeper_waits_until_the_extractor_and_every_classifier_are_pa
 
 
 def test_image_ids_are_read_from_input_and_descriptor_messages():
-    from app.messages import encode_descriptors
+    from app.stream.messages import encode_descriptors
 
     image_id = uuid.uuid4()
     up = ImageUploaded(str(image_id), "raw-images/k.png", "ab" * 32, 1, "image/png", 1.0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import faust
-from app.settings import Settings
+from app.core.settings import Settings
 from tables import descriptors
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tools import exportenv
-from app.settings import Settings
+from app.core.settings import Settings
 from models.backbones import BACKBONES, BackboneSpec
 from models.preprocess import preprocess
 from tests.conftest import IN_CI

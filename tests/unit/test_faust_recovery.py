@@ -3,7 +3,7 @@ against a consumer whose committed-offset look-ups yield while a running fetcher
 into an agent's real ``FlowControlQueue`` (``clear_on_resume=True``, as Faust builds channels).
 Every offset must reach the agent. Unpatched faust-streaming 0.15.3 loses the records fetched
 during the seek (the ``test_unpatched_*`` tests keep that proof); the fixes in
-``app.faust_patches`` lose none. The second half drives aiokafka's real ``fetched_records``
+``app.stream.faust_patches`` lose none. The second half drives aiokafka's real ``fetched_records``
 through Faust's ``_fetch_records`` while the last active partition is paused."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from app import faust_patches
+from app.stream import faust_patches
 
 N = 60
 STREAM = [TP("input", 0), TP("input", 1)]
@@ -248,7 +248,56 @@ def test_refuses_other_library_versions():
 
 def test_refuses_a_changed_method():
     with pytest.raises(faust_patches.FaustPatchError, match="Recovery._resume_streams"):
-        faust_patches.check(sources={**faust_patches.SOURCES, "Recovery._resume_streams": "0" * 64})
+        faust_patches.check(sources={**faust_patches.SOURCES, **faust_patches.PRIVATE,
+                                     "Recovery._resume_streams": "0" * 64})
+
+
+def test_refuses_a_changed_private_name_the_project_reads():
+    with pytest.raises(faust_patches.FaustPatchError, match="rocksdb Store._del"):
+        faust_patches.check(sources={**faust_patches.SOURCES, **faust_patches.PRIVATE, "rocksdb Store._del": "0" * 64})
+
+
+def _private_names_read(path) -> set[str]:
+    """Private names a module reads of objects not its own: ``x._name``, ``getattr(x, "_name")``,
+    ``hasattr(x, "_name")`` and ``from lib import _name``."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.bases):
+        # a subclass of a library class reads the library's private state through ``self``
+        own = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        own |= {t.attr for n in ast.walk(cls) if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Attribute)}
+        names |= {n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                  and n.value.id == "self" and n.attr.startswith("_") and not n.attr.startswith("__")} - own
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in {"self", "cls", "sys", "threading"}):
+                names.add(node.attr)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"getattr", "hasattr"}:
+            if len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_"):
+                names.add(node.args[1].value)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in {"faust", "aiokafka", "mode"}:
+            names |= {a.name for a in node.names if a.name.startswith("_")}
+    return names
+
+
+def test_every_private_library_name_the_worker_reads_is_under_the_version_guard():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    # the standard library's: ThreadPoolExecutor's shut-down flag (app/core/threads.Pool)
+    ours = {"_shutdown"}
+    read = {}
+    for folder in ("app", "agents", "tables"):
+        for path in (repo / folder).rglob("*.py"):
+            if path.name == "faust_patches.py":  # the fixes: every method they replace is hashed in SOURCES
+                continue
+            for name in _private_names_read(path) - ours:
+                read.setdefault(name, []).append(str(path.relative_to(repo)))
+    assert set(read) <= faust_patches.PRIVATE_NAMES, {n: f for n, f in read.items() if n not in faust_patches.PRIVATE_NAMES}
+    assert set(read) == faust_patches.PRIVATE_NAMES  # and nothing is listed that is no longer read
 
 
 # --- fix 3: a batch cut short by a stop is not acked ------------------------------------------------
@@ -293,7 +342,7 @@ async def test_without_the_guard_a_cut_short_batch_is_acked():
 
 
 async def test_the_agents_batch_policy_leaves_a_cut_short_batch_unacked():
-    from agents.policy import run_batch
+    from app.stream.policy import run_batch
 
     messages = _messages(3)
     events = [SimpleNamespace(message=m) for m in messages]
@@ -323,7 +372,7 @@ async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours, de
     when the worker stops. ``Stream.on_stop`` closes ``take_events``' generator, whose ``finally``
     acks the batch (the stop's commit then skips it: one image in 400 in a rolling-upgrade chaos
     run); ``handle_batches`` reads with ``noack_take`` and acks only a handled batch."""
-    from agents.policy import handle_batches
+    from app.stream.policy import handle_batches
 
     app = faust.App(f"noack-{ours}-{depth}", store="memory://", autodiscover=False, value_serializer="raw",
                     web_enabled=False)
@@ -360,7 +409,7 @@ async def test_a_batch_still_handled_when_its_agent_stops_stays_unacked(ours, de
 async def test_batches_in_flight_are_handled_side_by_side_and_acked_in_order():
     """``handle_batches(depth=2)``: the second batch runs while the first is still handled, and
     is not acked before the first (the committed offset never passes a batch in flight)."""
-    from agents.policy import handle_batches
+    from app.stream.policy import handle_batches
 
     app = faust.App("noack-depth", store="memory://", autodiscover=False, value_serializer="raw", web_enabled=False)
     first_release = asyncio.Event()

@@ -8,7 +8,7 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import TP
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app.metrics import FaustSensor
+from app.core.metrics import FaustSensor
 
 
 class Agent:

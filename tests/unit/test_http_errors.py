@@ -4,8 +4,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from app import errors
-from app.views.api import errors as error_middleware
+from app.core import errors
+from app.http.api import errors as error_middleware
 
 
 @pytest.fixture

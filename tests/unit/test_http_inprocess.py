@@ -14,9 +14,9 @@ from PIL import Image as PILImage
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.dataplane import DataPlane
-from app.views import api
-from app.views.openapi import EXTERNAL, openapi
+from app.http.dataplane import DataPlane
+from app.http import api
+from app.http.openapi import EXTERNAL, openapi
 from tests.unit.inprocess import InProcessRuntime, app_for, image, settings, tiny_bundle
 
 
@@ -25,7 +25,7 @@ async def client():
     s = settings()
     runtime = InProcessRuntime(app_for(s), s, tiny_bundle())
     web_app = web.Application()
-    api.setup(web_app, DataPlane(runtime), s)
+    api.setup(web_app, runtime.dataplane(), s)
     async with TestClient(TestServer(web_app)) as c:
         c.runtime = runtime
         yield c
@@ -103,7 +103,7 @@ async def test_liveness_ignores_outages_that_readiness_reports(client, monkeypat
     async def kafka_ok(settings, timeout=5.0):
         return None
 
-    monkeypatch.setattr("app.dataplane.broker.ping", kafka_ok)
+    monkeypatch.setattr("app.http.dataplane.broker.ping", kafka_ok)
     r = await client.get("/ready")
     assert r.status == 200 and (await r.json())["status"] == "ok"
     client.runtime.db.down = 1_000

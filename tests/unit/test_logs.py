@@ -2,7 +2,7 @@ import io
 import json
 import logging
 
-from app.logs import JsonFormatter, TextFormatter
+from app.core.logs import JsonFormatter, TextFormatter
 
 
 def _emit(formatter, **extra) -> str:

@@ -1,4 +1,4 @@
-from app.memtrace import MemoryTrace, release_free_heap
+from app.core.memtrace import MemoryTrace, release_free_heap
 
 
 class Hoarded:

@@ -3,8 +3,8 @@ import uuid
 import numpy as np
 import pytest
 
-from app.errors import Unprocessable
-from app.messages import ImageUploaded, Trace, decode_descriptors, encode_descriptors
+from app.core.errors import Unprocessable
+from app.stream.messages import ImageUploaded, Trace, decode_descriptors, encode_descriptors
 
 
 def test_descriptor_message_is_at_most_100_bytes_for_k20_and_round_trips():

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     from obstore.store import MemoryStore
 
     if sys.argv[1] == "guarded":  # the worker's own wiring: building its S3 store installs the guard
-        from app.settings import Settings
+        from app.core.settings import Settings
         from app.storage.objectstore import _obstore
         _obstore(Settings())
     MAIN = threading.get_ident()

@@ -1,24 +1,17 @@
-"""The agents' error policy and the runtime's failure paths, in one process (no service)."""
+"""The agents' error policy and the object store's failure paths, in one process (no service)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
-from datetime import UTC, datetime
-from types import SimpleNamespace
 
-import faust
 import pytest
 from botocore.exceptions import ClientError
 
-from agents.policy import run_batch
-from app.errors import ServiceUnavailable
-from app.metrics import DELETE_FAILED, POISON
-from app.runtime import Runtime
-from app.settings import Settings
-from app.storage.database import UploadRecord
+from app.stream.policy import run_batch
+from app.core.errors import ServiceUnavailable
+from app.core.metrics import DELETE_FAILED, POISON
+from app.core.settings import Settings
 from app.storage.objectstore import ObjectStore
 
 
@@ -62,53 +55,6 @@ async def test_an_outage_is_retried_without_limit_and_nothing_is_dead_lettered()
     assert len(attempts) == 6
 
 
-def _runtime(**env) -> Runtime:
-    settings = Settings(**env)
-    return Runtime(faust.App(f"t-{uuid.uuid4().hex[:6]}", broker="memory://", store="memory://"), settings)
-
-
-async def test_bundle_loader_survives_an_exception_without_a_message(monkeypatch, caplog):
-    """A corrupt bundle raises a plain exception; the loader must keep going and load the good one
-    published after it."""
-    from app import runtime as runtime_mod
-
-    rt = _runtime()
-    good = SimpleNamespace(version="v2", manifest={"backbone": "efficientnet_lite0"}, k=20,
-                           backbone_id=("efficientnet_lite0", None))
-    tries = []
-
-    async def fetch(store, version, folder):
-        return f"/bundles/{len(tries)}"
-
-    async def no_record(store, app_id):
-        return None
-
-    async def resolve(store, version):
-        return "v2"
-
-    def load(path, **kw):
-        tries.append(path)
-        if len(tries) == 1:
-            raise ValueError("bad magic number in reducer.npz")  # a corrupt file: no .message
-        return good
-
-    monkeypatch.setattr(runtime_mod.registry, "fetch", fetch)
-    monkeypatch.setattr(runtime_mod.registry, "deployment", no_record)
-    monkeypatch.setattr(runtime_mod.registry, "resolve", resolve)
-    monkeypatch.setattr(runtime_mod.Bundle, "load", staticmethod(load))
-    real_sleep = asyncio.sleep
-    monkeypatch.setattr(runtime_mod.asyncio, "sleep", lambda s: real_sleep(0))
-    with caplog.at_level(logging.WARNING, "imgstream.runtime"):
-        task = asyncio.create_task(rt._load_bundle_forever())  # it then follows the registry: never returns
-        for _ in range(500):
-            if rt._bundle is not None:
-                break
-            await real_sleep(0.01)
-        task.cancel()
-    assert rt.bundle is good
-    assert "bad magic number" in caplog.text
-
-
 async def test_failed_object_delete_is_counted_and_logged(caplog):
     store = ObjectStore(Settings())
 
@@ -122,28 +68,6 @@ async def test_failed_object_delete_is_counted_and_logged(caplog):
         assert await store.delete("raw-images/x.jpg") is False
     assert DELETE_FAILED.labels("AccessDenied")._value.get() == before + 1
     assert "raw-images/x.jpg" in caplog.text
-
-
-async def test_upload_row_is_written_once_postgres_answers(monkeypatch):
-    from app import runtime as runtime_mod
-
-    rt = _runtime()
-    written, failures = [], [2]
-
-    async def record_upload(record):
-        if failures[0]:
-            failures[0] -= 1
-            raise OSError("connection refused")
-        written.append(record)
-
-    rt.db = SimpleNamespace(record_upload=record_upload)
-    real_sleep = asyncio.sleep
-    monkeypatch.setattr(runtime_mod.asyncio, "sleep", lambda s: real_sleep(0))
-    now = datetime.now(UTC)
-    rec = UploadRecord(uuid.uuid4(), "raw-images/a.jpg", "ab" * 32, 10, "image/jpeg", now, now, "d", 0, 7)
-    rt.record_upload_later(rec)
-    await asyncio.wait_for(rt._recorder, 5)
-    assert written == [rec] and not rt.unrecorded
 
 
 def test_deployment_and_groups():
@@ -170,18 +94,3 @@ async def test_small_batches_are_isolated_too(n):
 
     await run_batch(["bad"] + ["ok"] * (n - 1), process, stage="t", on_poison=on_poison, attempts=1, base=0)
     assert poison == ["bad"]
-
-
-async def test_a_stopping_workers_pools_give_an_outage_not_a_poison_message():
-    """Faust stops the runtime (and its thread pools) before the agents: a batch that reaches a
-    shut pool must be retried as an outage until its agent is cancelled, never dead-lettered."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from app.errors import ServiceUnavailable
-    from app.runtime import Runtime
-
-    pool = ThreadPoolExecutor(1)
-    assert await Runtime.in_pool(None, pool, lambda: 42) == 42
-    pool.shutdown()
-    with pytest.raises(ServiceUnavailable, match="stopping"):
-        await Runtime.in_pool(None, pool, lambda: 42)

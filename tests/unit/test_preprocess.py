@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import InvalidImage, TooManyPixels
+from app.core.errors import InvalidImage, TooManyPixels
 from models.backbones import BACKBONES
 from models.preprocess import BACKGROUND, decode, normalize, preprocess, probe, to_array, validate
 

@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from tools.process import Process
+from tools.base.process import Process
 
 SLEEPER = [sys.executable, "-c", "import subprocess, sys, time; "
            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"]

@@ -1,4 +1,4 @@
-"""The cache of crops decoded at upload (``app.runtime.RecentUploads``): a backlog longer than the
+"""The cache of crops decoded at upload (``app.storage.crops.RecentUploads``): a backlog longer than the
 cache still finds its oldest crops, and crops nobody takes cannot hold the room for good."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from app.metrics import REGISTRY
-from app.runtime import RecentUploads
+from app.core.metrics import REGISTRY
+from app.storage.crops import RecentUploads
 from tests.unit.inprocess import InProcessRuntime, app_for, settings, tiny_bundle
 
 CROP = 224 * 224 * 3

@@ -1,4 +1,4 @@
-"""Who may call what (app/security.Access), the Kafka clients' connection options, and the causes
+"""Who may call what (app/core/security.Access), the Kafka clients' connection options, and the causes
 an operator reads in /ready when a connection to a secured service fails."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import ssl
 
 import pytest
 
-from app.security import Access, describe, kafka_options
-from app.settings import Settings
+from app.core.security import Access, describe, kafka_options
+from app.core.settings import Settings
 
 
 def _access(**tokens: str) -> Access:

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from app.settings import ROLES, Settings, parse_roles
+from app.core.settings import ROLES, Settings, parse_roles
 
 
 def test_roles_from_comma_separated_env(monkeypatch):
@@ -51,7 +51,7 @@ def test_a_fresh_state_dir_gets_the_worker_data_dir(tmp_path):
     """Faust creates its datadir without parents; a fresh checkout has no var/faust yet."""
     from pathlib import Path
 
-    from app.faust_app import create_app
+    from app.worker import create_app
 
     app = create_app(Settings(state_dir=tmp_path / "var", app_id="fresh", kafka_linger_s=0.005))
     assert Path(app.conf.datadir).parent.is_dir()

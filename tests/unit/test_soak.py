@@ -6,7 +6,8 @@ import io
 import pytest
 from PIL import Image
 
-from tools.bench.soak import DistinctImages, Sample, summarize
+from tools.bench.images import DistinctImages
+from tools.bench.soak import Sample, summarize
 
 
 def _jpeg() -> bytes:

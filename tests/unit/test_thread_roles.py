@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from app.runtime import named_pool
+from app.core.threads import Pool as named_pool
 from tools.bench.cpu import BACKBONE, S3_CLIENT, jit_cpu, per_image_ms, thread_cpu
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux /proc")

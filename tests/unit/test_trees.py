@@ -111,11 +111,11 @@ def test_a_mismatch_beyond_the_tolerance_is_refused(monkeypatch):
 def test_a_worker_builds_tree_ensembles_only_for_the_classifiers_it_runs():
     from types import SimpleNamespace
 
-    from app.runtime import Runtime
-    from app.settings import Settings
+    from app.bundles.deployment import BundleDeployment
+    from app.core.settings import Settings
 
     def onnx_for(**kw) -> tuple[str, ...]:
-        return Runtime.onnx_classifiers.fget(SimpleNamespace(settings=Settings(**kw)))
+        return BundleDeployment.onnx_classifiers.fget(SimpleNamespace(settings=Settings(**kw)))
 
     assert onnx_for(roles="front,extractor") == ()
     assert onnx_for(roles="classifier-accurate") == ("accurate",)

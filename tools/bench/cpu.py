@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 
 def _cpu_seconds(root: int, children: bool = True) -> float:
@@ -44,7 +44,7 @@ def local_service_pids(settings: Settings) -> dict[str, int]:
     return out
 
 
-# A worker's threads by role, from the OS thread names its pools set (app/runtime.name_os_thread);
+# A worker's threads by role, from the OS thread names its pools set (app/core/threads.name_os_thread);
 # onnxruntime's intra-op threads inherit their creator's name, and obstore's Rust runtime names its
 # own. What is left is mostly Faust's Kafka consumer thread (it runs aiokafka on a loop of its own).
 BACKBONE = "backbone (onnx*, decode* threads)"

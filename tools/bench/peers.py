@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 import numpy as np
 from aiohttp import web
 
-from app import registry
-from app.settings import Settings
+from app.bundles import registry
+from app.core.settings import Settings
 from models.domain import CLASSIFIERS
 from app.storage.database import Database, ImageProgress, PredictionRow
 from app.storage.objectstore import ObjectStore

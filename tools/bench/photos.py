@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from tools.bench.soak import DistinctImages
+from tools.bench.images import DistinctImages
 
 SIZES = ((640, 480), (1920, 1080), (4032, 3024))
 VARIANTS = 6

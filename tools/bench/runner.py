@@ -36,15 +36,17 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app import broker, registry
+from app.stream import broker
+
+from app.bundles import registry
 from tools.bench import load, profile
+from tools.bench.images import Images
 from tools.bench.cpu import CpuMeter, local_service_pids, per_image_ms, thread_cpu
-from tools.process import Process
-from app.messages import ImageUploaded
-from app.settings import ROLES, Settings
+from tools.base.process import Process
+from app.stream.messages import ImageUploaded
+from app.core.settings import ROLES, Settings
 from app.storage.objectstore import ObjectStore
 from models.domain import CLASSIFIERS
-from models import data as datasets
 from models.bundle import Bundle
 from models.preprocess import preprocess
 
@@ -62,26 +64,6 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             libs[lib] = "-"
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "libs": libs}
-
-
-class Images:
-    """Distinct CIFAR-10 JPEGs handed out phase by phase (never the same bytes twice)."""
-
-    def __init__(self, source: Path, count: int) -> None:
-        samples = datasets.limit_per_class(datasets.list_samples(source), count // 10 + 1, seed=11)
-        seen, self.items = set(), []
-        for _, b in datasets.read_samples(source, samples):
-            if b not in seen:
-                seen.add(b)
-                self.items.append(b)
-        self.pos = 0
-
-    def take(self, n: int) -> list[bytes]:
-        if self.pos + n > len(self.items):
-            raise RuntimeError(f"benchmark ran out of distinct images ({len(self.items)})")
-        out = self.items[self.pos:self.pos + n]
-        self.pos += n
-        return out
 
 
 async def wait_http(url: str, timeout: float = 120, proc: Process | None = None) -> None:
@@ -132,7 +114,7 @@ class Bench:
         packages of its working directory first."""
         port = _free_port()
         extra = {"IMGSTREAM_WEB_PORT": str(port), **({"IMGSTREAM_ROLES": roles} if roles else {})}
-        p = self.spawn([sys.executable, "-m", "app.cli", "worker", "-l", "warn"], {**env, **extra}, name, cwd=cwd)
+        p = self.spawn([sys.executable, "-m", "app.ops.cli", "worker", "-l", "warn"], {**env, **extra}, name, cwd=cwd)
         url = f"http://127.0.0.1:{port}"
         await wait_http(f"{url}/health", proc=p)
         return p, url
@@ -679,7 +661,7 @@ async def _rows_by_version(dsn: str, ids: list[str]) -> dict[str, int]:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
                           capture_output=True, text=True)
     if proc.returncode != 0:
         # the exit status tells a crash at interpreter exit (negative: the signal) from an error

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,29 +20,14 @@ import asyncpg
 import numpy as np
 import psutil
 
-from app import broker
+from app.stream import broker
 from tools.bench import load
 from tools.bench.cpu import local_service_pids
-from tools.bench.runner import Bench, Images
-from app.settings import Settings
+from tools.bench.images import DistinctImages, Images
+from tools.bench.runner import Bench
+from app.core.settings import Settings
 
 DRAIN_TIMEOUT_S = 600.0  # after the load: how long the backlog may take before the rest counts as lost
-
-
-class DistinctImages:
-    """An endless sequence of distinct JPEGs: base image ``i % n`` with comment ``i`` inserted
-    after the start-of-image marker (valid JPEG, same pixels, new sha256)."""
-
-    def __init__(self, base: list[bytes], tag: str) -> None:
-        self.base, self.tag = base, tag.encode()
-
-    def __len__(self) -> int:
-        return sys.maxsize
-
-    def __getitem__(self, i: int) -> bytes:
-        data = self.base[i % len(self.base)]
-        comment = self.tag + b"-" + str(i).encode()
-        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + data[2:]
 
 
 def tree_memory_mb(pid: int) -> dict[str, float]:

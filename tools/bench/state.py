@@ -28,11 +28,12 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app import broker
-from tools.bench.runner import REPO, Images, _free_port, wait_http
-from tools.process import Process
-from app.messages import ImageUploaded
-from app.settings import Settings
+from app.stream import broker
+from tools.bench.images import Images
+from tools.bench.runner import REPO, _free_port, wait_http
+from tools.base.process import Process
+from app.stream.messages import ImageUploaded
+from app.core.settings import Settings
 from app.storage.objectstore import ObjectStore
 from tables import descriptors
 
@@ -175,7 +176,7 @@ class StateBench:
 
     def worker(self, p: Pipeline, store: str, port: int, name: str, **extra: str) -> Process:
         env = {**p.env, "IMGSTREAM_TABLE_STORE": store, "IMGSTREAM_WEB_PORT": str(port), **extra}
-        proc = Process(name, self.logs / f"{name}.log").start([sys.executable, "-m", "app.cli", "worker", "-l", "warn"],
+        proc = Process(name, self.logs / f"{name}.log").start([sys.executable, "-m", "app.ops.cli", "worker", "-l", "warn"],
                                                                env=env, cwd=REPO)
         self.procs.append(proc)
         return proc
@@ -254,7 +255,7 @@ class StateBench:
         """Saturation throughput of a worker with every role on each store, side by side (every
         upload distinct, so every one is a table miss and a table write)."""
         from tools.bench.runner import Bench
-        from tools.bench.soak import DistinctImages
+        from tools.bench.images import DistinctImages
 
         base = Images(self.source, 700).take(700)
         out = []
@@ -274,7 +275,7 @@ class StateBench:
         return out
 
     async def run(self) -> dict:
-        from app import registry
+        from app.bundles import registry
 
         async with ObjectStore(self.settings) as store:
             version = await registry.resolve(store, self.settings.bundle_version)

@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 PORTS = {"kafka": 9192, "postgres": 5434, "s3": 7071}
 KAFKA_USER = "imgstream"

@@ -19,11 +19,11 @@ from urllib.parse import urlparse
 
 from pydantic import SecretStr
 
-from app.errors import ImgstreamError
-from tools.errors import ToolingError
-from app.security import postgres_ssl
-from app.settings import Settings
-from tools.process import Process, go_binary, run_checked as _run, wait_until
+from app.core.errors import ImgstreamError
+from tools.base.errors import ToolingError
+from app.core.security import postgres_ssl
+from app.core.settings import Settings
+from tools.base.process import Process, go_binary, run_checked as _run, wait_until
 from tools.stack.secure import KAFKA_ADMIN, KAFKA_USER, SecureStack, write_private
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +234,7 @@ class Kafka(Service):
         self.proc.start(self._java("kafka.Kafka", str(props)))
 
     def health(self) -> str | None:
-        from app import broker
+        from app.stream import broker
 
         # the secured broker is checked as its admin: the worker's user is made once it runs
         settings = self.settings if self.secure is None else self.settings.model_copy(update={
@@ -242,7 +242,7 @@ class Kafka(Service):
         return _health(lambda: broker.ping(settings, timeout=3))
 
     def provision(self) -> None:
-        from app import broker
+        from app.stream import broker
         if self.secure is not None and not (self.dir / ".user-created").exists():
             self._create_user()
             (self.dir / ".user-created").touch()

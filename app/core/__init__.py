@@ -1,0 +1,1 @@
+"""What every stage shares: settings, the error hierarchy, metrics, logging, security, back-off and thread pools."""

@@ -1,0 +1,1 @@
+"""The operator's side: the ``imgstream`` CLI (worker, replay, models) and its helpers."""
