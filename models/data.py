@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.errors import DataError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
@@ -46,7 +48,7 @@ def list_samples(source: Path) -> list[Sample]:
             paths = arc.namelist() if isinstance(arc, zipfile.ZipFile) else [m.name for m in arc if m.isfile()]
     samples = [Sample(p, lbl) for p in sorted(paths) if (lbl := _label_of(p)) is not None]
     if not samples:
-        raise ValueError(f"no images laid out <class>/<file> found in {source}")
+        raise DataError(f"no images laid out <class>/<file> found in {source}", code="no_images")
     return samples
 
 

@@ -22,6 +22,7 @@ from models import classifier as clf
 from models import data, drift, metrics, reduction
 from models.bundle import Bundle, write_manifest
 from models.domain import CLASSIFIERS, K_SWEEP
+from models.errors import DataError
 from models.extractor import FeatureExtractor
 from models.preprocess import preprocess
 
@@ -213,7 +214,7 @@ def evaluate(bundle: Bundle, source: Path, limit_per_class: int | None = None, p
     labels = bundle.labels
     unknown = sorted({s.label for s in samples} - set(labels))
     if unknown:
-        raise ValueError(f"classes {unknown} are not in the bundle's labels {labels}")
+        raise DataError(f"classes {unknown} are not in the bundle's labels {labels}", code="unknown_classes")
     y = np.array([labels.index(s.label) for s in samples])
     feats = extract(source, samples, bundle.extractor, advance=progress(len(samples)) if progress else None)
     d = bundle.reducer.transform(feats)

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from PIL import Image
 
-from app.client import upload_bytes, wait_complete
+from app.http.client import upload_bytes, wait_complete
 from tests.conftest import REPO
 from tests.workers import Worker, isolated_env
 
@@ -112,13 +112,13 @@ def test_upload_and_predictions_cli(pipeline, sample_images, tmp_path):
     worker, _ = pipeline
     for i, (label, data) in enumerate(sample_images[200:204]):
         (tmp_path / f"{i}-{label}.jpg").write_bytes(data)
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "upload", str(tmp_path), "--url", worker.url],
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "upload", str(tmp_path), "--url", worker.url],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     ids = [line.split("\t")[0] for line in proc.stdout.splitlines() if "\t" in line]
     assert len(ids) == 4
     asyncio.run(_wait(worker.url, ids))
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "predictions", ids[0], "--url", worker.url, "--trace"],
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "predictions", ids[0], "--url", worker.url, "--trace"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and '"complete"' in proc.stdout and '"trace"' in proc.stdout
 
@@ -142,12 +142,12 @@ async def test_replay_reclassifies_history_with_a_new_bundle(stack, dataset, sam
     finally:
         worker.stop()
     base = pinned_bundle()
-    train = subprocess.run([sys.executable, "-m", "app.cli", "models", "train", "--data", str(dataset),
+    train = subprocess.run([sys.executable, "-m", "app.ops.cli", "models", "train", "--data", str(dataset),
                             "--reducer-from", base, "--limit-per-class", "40", "--no-sweep"],
                            capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
     new = next(line.split()[1] for line in train.stdout.splitlines() if line.startswith("bundle "))
-    run = subprocess.run([sys.executable, "-m", "app.cli", "replay", "--model-version", new],
+    run = subprocess.run([sys.executable, "-m", "app.ops.cli", "replay", "--model-version", new],
                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ, **env})
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     conn = await asyncpg.connect(stack.postgres_dsn.get_secret_value())
@@ -159,7 +159,7 @@ async def test_replay_reclassifies_history_with_a_new_bundle(stack, dataset, sam
     assert {r["model_version"]: r["n"] for r in rows} == {base: 90, new: 90}
     assert extracted == 30, "replay re-extracted nothing (the only extractions were the 30 uploads)"
     # a second replay of the same version starts where the first stopped: nothing new
-    again = subprocess.run([sys.executable, "-m", "app.cli", "replay", "--model-version", new],
+    again = subprocess.run([sys.executable, "-m", "app.ops.cli", "replay", "--model-version", new],
                            capture_output=True, text=True, timeout=600, env={**__import__("os").environ, **env})
     assert '"rows_inserted": 0' in again.stdout
 
@@ -169,7 +169,7 @@ def test_models_evaluate_prints_json_per_classifier(stack, dataset):
 
     from tests.workers import pinned_bundle
 
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "models", "evaluate", "--bundle", pinned_bundle(),
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "models", "evaluate", "--bundle", pinned_bundle(),
                            "--data", str(dataset), "--limit-per-class", "3"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -178,3 +178,18 @@ def test_models_evaluate_prints_json_per_classifier(stack, dataset):
     for c in result["classifiers"].values():
         assert 0 <= c["top1"] <= 1 and 0 <= c["ece"] <= 1 and 0 <= c["macro_f1"] <= 1
         assert c["latency_one"]["p99_ms"] > 0 and c["latency_batch256"]["p50_ms"] > 0
+
+
+def test_evaluating_on_classes_the_bundle_lacks_is_one_line_and_a_failed_exit(stack, tmp_path):
+    from PIL import Image
+
+    from tests.workers import pinned_bundle
+
+    (tmp_path / "zebra").mkdir()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "zebra" / "a.jpg")
+    proc = subprocess.run([sys.executable, "-m", "app.ops.cli", "models", "evaluate", "--bundle", pinned_bundle(),
+                           "--data", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines() == ["error: classes ['zebra'] are not in the bundle's labels "
+                                                + proc.stderr.split("labels ", 1)[1].strip()]
