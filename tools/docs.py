@@ -1,5 +1,5 @@
-"""Generated document sections. In README.md the settings table (from Settings' docstrings) and
-the metrics table (from the project's Prometheus registry): ``imgstream docs`` rewrites them; a
+"""Generated document sections. In docs/REFERENCE.md the settings table (from Settings' docstrings)
+and the metrics table (from the project's Prometheus registry): ``imgstream docs`` rewrites them; a
 test keeps them in sync. Reports that several commands contribute to (docs/RELIABILITY.md: the
 chaos tests, the soak, the table-state measurements) are one marked section per command."""
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.settings import Settings
+from app.core.settings import Settings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "REFERENCE.md"
 
 
 def settings_table() -> str:
@@ -29,7 +29,7 @@ def settings_table() -> str:
 
 
 def metrics_table() -> str:
-    from app import metrics
+    from app.core import metrics
 
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for collector in list(metrics.REGISTRY._collector_to_names):  # noqa: SLF001 - our own registry
@@ -68,8 +68,8 @@ def render(text: str) -> str:
     return text
 
 
-def update(path: Path = README) -> bool:
-    """Rewrite the README's tables and the Helm chart's generated parts; whether anything changed."""
+def update(path: Path = REFERENCE) -> bool:
+    """Rewrite the reference's tables and the Helm chart's generated parts; whether anything changed."""
     from tools import chart
 
     text = path.read_text()
