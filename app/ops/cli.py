@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from app.core.errors import ImgstreamError
@@ -302,7 +303,8 @@ def main() -> None:
     try:
         cli()
     except ImgstreamError as exc:
-        Console(stderr=True).print(f"[red]error[/]: {exc.message}")
+        # one line whatever the terminal's width, the message printed as written (not as markup)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error[/]: {escape(exc.message)}")
         raise SystemExit(1) from None
 
 
