@@ -30,6 +30,7 @@ from app.core.metrics import (BATCH_SIZE, CACHE, COMPUTE_SECONDS, CROPS_FETCHED,
 from app.stream.messages import ImageUploaded, Trace, encode_descriptors
 from app.stream.policy import handle_batches, retry_outages, run_batch
 from app.stream.runtime import Runtime
+from models.bundle import Bundle
 from models.preprocess import model_pixels, normalize
 from tables import descriptors as table_codec
 
@@ -53,6 +54,19 @@ class Answer:
     cached: bool
     version: str | None = None  # the bundle that made cached descriptors (None: this batch's)
     shadow: list[np.ndarray] = field(default_factory=list)  # each shadow bundle's (extracted items only)
+
+
+@dataclass(slots=True)
+class Batch:
+    """One micro-batch on its way: the bundles it started with, its items, and their answers."""
+
+    bundle: Bundle
+    shadows: tuple[Bundle, ...]
+    started: float
+    items: list[Item] = field(default_factory=list)
+    answers: dict[int, Answer] = field(default_factory=dict)  # by item index; none: dead-lettered
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("published", "cached", "dead_lettered", "shadow"), 0))
 
 
 def _descriptors(bundle, shadows, pixels: list[np.ndarray], wide: bool) -> list[np.ndarray]:
@@ -88,43 +102,39 @@ class Extractor:
 
     async def process_batch(self, events: list) -> dict[str, int]:
         """Handle one micro-batch; returns counts (published, cached, dead_lettered, shadow)."""
-        bundle, shadows = self.deployment.bundle, self.deployment.shadows
-        version, spec_name = bundle.version, bundle.extractor.spec.name
-        now = time.time()
+        batch = Batch(self.deployment.bundle, self.deployment.shadows, time.time())
+        version, spec_name = batch.bundle.version, batch.bundle.extractor.spec.name
         BATCH_SIZE.labels(STAGE).observe(len(events))
-        counts = {"published": 0, "cached": 0, "dead_lettered": 0, "shadow": 0}
-        items: list[Item] = []
         for event in events:
             try:
                 msg = ImageUploaded.loads(event.value)
             except Unprocessable as exc:
                 await dead_letter.send(self.runtime, STAGE, event, exc, original=bytes(event.value or b"")[:4096])
-                counts["dead_lettered"] += 1
+                batch.counts["dead_lettered"] += 1
                 continue
-            QUEUE_SECONDS.labels(STAGE).observe(max(0.0, now - msg.uploaded_at))
+            QUEUE_SECONDS.labels(STAGE).observe(max(0.0, batch.started - msg.uploaded_at))
             # the crop this worker decoded at upload, taken whatever answers the event below (the
             # table, a batch in flight), so that none is left behind in the cache
-            items.append(Item(event, msg, self.runtime.recent_uploads.pop(msg.object_key, spec_name)))
+            batch.items.append(Item(event, msg, self.runtime.recent_uploads.pop(msg.object_key, spec_name)))
 
         # A lookup runs in its event's context: the RocksDB store reads the partition of the
         # current event, which in a batch would otherwise be the last one's.
         hits = []
-        for item in items:
+        for item in batch.items:
             with table_codec.event_context(item.event):
                 raw = self.table.get(item.msg.sha256)
             hits.append(None if raw is None else table_codec.unpack(raw))
-        the_plan = plan([Upload(it.msg.sha256, UUID(it.msg.image_id)) for it in items], hits, version,
-                        self.claims.in_flight(version), now, self.settings.descriptor_ttl_s)
-        answers: dict[int, Answer] = {}
+        the_plan = plan([Upload(it.msg.sha256, UUID(it.msg.image_id)) for it in batch.items], hits, version,
+                        self.claims.in_flight(version), batch.started, self.settings.descriptor_ttl_s)
         for i in the_plan.table:
-            answers[i] = Answer(hits[i].descriptors, True, hits[i].bundle_version)
+            batch.answers[i] = Answer(hits[i].descriptors, True, hits[i].bundle_version)
             CACHE.labels("hit").inc()
         # claimed right after the look-ups, with no await in between, so a batch started later sees them
-        joined = {i: self.claims.of(items[i].msg.sha256, version) for i in the_plan.earlier}
+        joined = {i: self.claims.of(batch.items[i].msg.sha256, version) for i in the_plan.earlier}
         mine = self.claims.claim(the_plan.claims, version)
         try:
-            await self._extract(bundle, shadows, items, the_plan.own, joined, mine, answers, counts, now)
-            return await self._publish(bundle, shadows, items, answers, counts, now)
+            await self._extract(batch, the_plan.own, joined, mine)
+            return await self._publish(batch)
         finally:
             self.claims.release(mine, version)
 
@@ -150,9 +160,11 @@ class Extractor:
         await self._fetch_and_decode(item, sem)
         return None
 
-    async def _extract(self, bundle, shadows, items: list[Item], own: tuple[int, ...], joined: dict,
-                       mine: dict, answers: dict[int, Answer], counts: dict[str, int], now: float) -> None:
-        # fetch + decode concurrently (each item its own object); refuse what cannot be decoded
+    async def _extract(self, batch: Batch, own: tuple[int, ...], joined: dict[int, asyncio.Future],
+                       mine: dict[str, asyncio.Future]) -> None:
+        """Fetch and decode what this batch extracts (dead-lettering what cannot be), wait for what
+        an earlier batch extracts, and run the backbone once per distinct bytes."""
+        bundle, shadows, items, answers = batch.bundle, batch.shadows, batch.items, batch.answers
         version = bundle.version
         started = time.perf_counter()
         sem = asyncio.Semaphore(self.settings.fetch_concurrency)
@@ -171,7 +183,7 @@ class Extractor:
                 await dead_letter.send(self.runtime, STAGE, item.event, res, image_id=item.msg.image_id,
                                        object_key=item.msg.object_key, sha256=item.msg.sha256,
                                        uploaded_at=item.msg.uploaded_at)
-                counts["dead_lettered"] += 1
+                batch.counts["dead_lettered"] += 1
             elif res is not None:  # answered by an earlier batch in flight
                 answers[i] = Answer(res, True)
                 CACHE.labels("hit").inc()
@@ -198,34 +210,34 @@ class Extractor:
                 item.pixels = None
                 answers[i] = Answer(d, False, shadow=[sd[n] for sd in shadow_desc])
                 with table_codec.event_context(item.event):
-                    self.table[item.msg.sha256] = table_codec.pack(
-                        version, d, UUID(item.msg.image_id), partition=item.event.message.partition, written_at=now)
+                    self.table[item.msg.sha256] = table_codec.pack(version, d, UUID(item.msg.image_id),
+                                                                   partition=item.event.message.partition,
+                                                                   written_at=batch.started)
                 self.claims.fulfil(mine, item.msg.sha256, d)
         for i, first in ex.copies.items():
             answers[i] = Answer(answers[first].descriptors, True, shadow=answers[first].shadow)
         COMPUTE_SECONDS.labels(STAGE, version).observe(time.perf_counter() - started)
 
-    async def _publish(self, bundle, shadows, items: list[Item], answers: dict[int, Answer], counts: dict[str, int],
-                       started: float) -> dict[str, int]:
+    async def _publish(self, batch: Batch) -> dict[str, int]:
         """Publish (in input order), waiting for the broker's confirmation; then each shadow
         bundle's descriptors of the images extracted in this batch (a repeat answered by the table
         has no features to reduce, so shadows see only extracted images)."""
-        version = bundle.version
+        version, counts = batch.bundle.version, batch.counts
         finished = time.time()
         records = []
-        for i, item in enumerate(items):
-            answer = answers.get(i)
+        for i, item in enumerate(batch.items):
+            answer = batch.answers.get(i)
             if answer is None:  # dead-lettered
                 continue
             image_id = UUID(item.msg.image_id)
             payload = encode_descriptors(image_id, answer.descriptors)
-            trace = Trace(answer.version or version, item.msg.uploaded_at, started, finished, answer.cached)
+            trace = Trace(answer.version or version, item.msg.uploaded_at, batch.started, finished, answer.cached)
             MESSAGE_BYTES.labels(self.settings.features_topic).observe(len(payload))
             records.append((item.msg.image_id.encode(), payload, trace.headers()))
             counts["published"] += 1
             counts["cached"] += answer.cached
-            for shadow, d in zip(shadows, answer.shadow, strict=False):
-                trace = Trace(shadow.version, item.msg.uploaded_at, started, finished, False, shadow=True)
+            for shadow, d in zip(batch.shadows, answer.shadow, strict=False):
+                trace = Trace(shadow.version, item.msg.uploaded_at, batch.started, finished, False, shadow=True)
                 records.append((item.msg.image_id.encode(), encode_descriptors(image_id, d), trace.headers()))
                 counts["shadow"] += 1
         await self.runtime.producer.send_many(self.runtime.topics.features, records)
