@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
 import faust
 import numpy as np
+from faust.exceptions import PartitionsMismatch
 
 from agents import dead_letter
 from agents.claims import Claims
 from agents.planner import Upload, extraction, plan
 from app.bundles.deployment import BundleDeployment
 from app.bundles.drift import DriftMonitor
-from app.core.errors import ImgstreamError, NotFound, Unprocessable
+from app.core.errors import ImgstreamError, NotFound, ServiceUnavailable, Unprocessable
 from app.core.metrics import (BATCH_SIZE, CACHE, COMPUTE_SECONDS, CROPS_FETCHED, CROPS_FROM_UPLOAD, MESSAGE_BYTES,
                               MESSAGES, QUEUE_SECONDS)
 from app.stream.messages import ImageUploaded, Trace, encode_descriptors
@@ -90,6 +93,19 @@ def split_chunks(items: list, parts: int, min_size: int = 2) -> list[list]:
         out.append(items[start:end])
         start = end
     return out
+
+
+@contextmanager
+def _changelog_metadata_is_an_outage() -> Iterator[None]:
+    """A table write checks that the changelog has as many partitions as the input topic, as the
+    consumer's metadata knows them. A changelog Kafka's metadata does not show whole yet (just
+    declared, a broker away) is no fault of the message: retried as an outage, never
+    dead-lettered. A changelog with really too few partitions is retried too, with the reason
+    logged, until an operator fixes the topic; nothing accepted is lost meanwhile."""
+    try:
+        yield
+    except PartitionsMismatch as exc:
+        raise ServiceUnavailable(f"kafka: {' '.join(str(exc).split())}", code="changelog_partitions") from exc
 
 
 class Extractor:
@@ -209,7 +225,7 @@ class Extractor:
                 item = items[i]
                 item.pixels = None
                 answers[i] = Answer(d, False, shadow=[sd[n] for sd in shadow_desc])
-                with table_codec.event_context(item.event):
+                with table_codec.event_context(item.event), _changelog_metadata_is_an_outage():
                     self.table[item.msg.sha256] = table_codec.pack(version, d, UUID(item.msg.image_id),
                                                                    partition=item.event.message.partition,
                                                                    written_at=batch.started)

@@ -65,11 +65,12 @@ def declare(app: faust.App, settings: Settings) -> faust.Table:
         value_type=bytes,
         options=options,
         changelog_topic=app.topic(
-            f"{settings.app_id}-{TABLE_NAME}-changelog",
+            settings.descriptor_changelog_topic,
             partitions=settings.topic_partitions,
             compacting=True,
             key_serializer="json",
             value_serializer="raw",
+            config={"min.insync.replicas": str(settings.kafka_min_insync_replicas)},
         ),
         help="sha256 -> (bundle version, descriptors, image id, written at, partition)",
     )

@@ -53,7 +53,15 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1)
     """Partitions of every imgstream topic; the unit of parallelism for each stage."""
     topic_replicas: int = Field(1, ge=1)
-    """Replication factor of the topics imgstream creates."""
+    """Replication factor of the topics imgstream creates (3 on a cluster of three brokers or more)."""
+    kafka_min_insync_replicas: int = Field(1, ge=1)
+    """``min.insync.replicas`` of the topics imgstream creates, its tables' changelogs included:
+    replicas that must hold a write before the broker confirms it (the producer waits for all of
+    them, acks=all). With 3 replicas, 2: a broker may be lost without losing a confirmed message,
+    and with two lost the broker refuses writes (uploads get 503) instead of keeping them once."""
+    kafka_idempotent_producer: bool = True
+    """Idempotent producing (``enable.idempotence``): a send the producer retries into a new
+    partition leader is written once, in order."""
     input_topic: str = "images-input-stream"
     """Topic of upload events (object key, sha256), keyed by sha256."""
     features_topic: str = "image-features-stream"
@@ -327,6 +335,11 @@ class Settings(BaseSettings):
     @classmethod
     def _roles(cls, value):
         return parse_roles(value)
+
+    @property
+    def descriptor_changelog_topic(self) -> str:
+        """The descriptor table's changelog topic (Faust's name for the table ``descriptors``)."""
+        return f"{self.app_id}-descriptors-changelog"
 
     @property
     def worker_ort_threads(self) -> int:

@@ -36,12 +36,18 @@ class TopicSpec:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     p, r = settings.topic_partitions, settings.topic_replicas
     week = str(7 * 24 * 3600 * 1000)
+    isr = {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
     return [
         # Raw upload events: small (object key + hash), kept a week for replay.
-        TopicSpec(settings.input_topic, p, r, {"retention.ms": week}),
+        TopicSpec(settings.input_topic, p, r, {"retention.ms": week, **isr}),
         # Descriptors: the replayable history that `imgstream replay` re-classifies; kept forever.
-        TopicSpec(settings.features_topic, p, r, {"retention.ms": "-1"}),
-        TopicSpec(settings.dead_letter_topic, p, r, {"retention.ms": week}),
+        TopicSpec(settings.features_topic, p, r, {"retention.ms": "-1", **isr}),
+        TopicSpec(settings.dead_letter_topic, p, r, {"retention.ms": week, **isr}),
+        # The descriptor table's changelog, made here (as Faust would declare it) so that it is in
+        # every broker's metadata before the worker consumes: a table write checks the changelog's
+        # partitions against the input topic's, and on a cluster a topic Faust has only just
+        # declared can read as having none.
+        TopicSpec(settings.descriptor_changelog_topic, p, r, {"cleanup.policy": "compact", **isr}),
     ]
 
 
@@ -66,9 +72,27 @@ async def ensure_topics(settings: Settings) -> dict[str, str]:
             result.update({n: f"grown to {g.total_count} partitions" for n, g in grow.items()})
         for s in topic_specs(settings):
             result.setdefault(s.name, f"exists ({have.get(s.name)} partitions)")
+        if missing or grow:
+            await _until_led(admin, topic_specs(settings))
         return result
     finally:
         await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, specs: list[TopicSpec], timeout: float = 30.0) -> None:
+    """Wait until the metadata shows every partition of ``specs`` with a leader: a topic just
+    created can read as having no partitions for a moment, longer on a cluster."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        described = await admin.describe_topics([s.name for s in specs])
+        led = {t["topic"]: sum(1 for p in t["partitions"] if p.get("leader", -1) >= 0) for t in described
+               if t.get("error_code", 0) == 0}
+        if all(led.get(s.name, 0) >= s.partitions for s in specs):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise ServiceUnavailable(f"kafka: topics without a leader after {timeout:.0f}s: "
+                                     f"{sorted(s.name for s in specs if led.get(s.name, 0) < s.partitions)}")
+        await asyncio.sleep(0.2)
 
 
 async def delete_topics(settings: Settings, prefix: str) -> int:

@@ -169,6 +169,38 @@ async def test_when_the_batch_in_flight_fails_the_next_one_extracts_for_itself(p
     assert bundle.extractor.images == 1 and not runtime.extractor.claims
 
 
+class _ChangelogNotInMetadataYet:
+    """The table, except that its first ``failures`` writes meet a changelog the consumer's metadata
+    shows without partitions (a topic just declared on a cluster)."""
+
+    def __init__(self, table, failures: int) -> None:
+        self.table, self.failures = table, failures
+
+    def get(self, key):
+        return self.table.get(key)
+
+    def __setitem__(self, key, value) -> None:
+        from faust.exceptions import PartitionsMismatch
+
+        if self.failures:
+            self.failures -= 1
+            raise PartitionsMismatch("The source topic 'x' for table 'descriptors' has 4 partitions, but the "
+                                     "changelog topic 'x-descriptors-changelog' has 0 partitions.")
+        self.table[key] = value
+
+
+async def test_a_changelog_missing_from_the_metadata_is_an_outage_not_a_poison_message(extractor_rig):
+    app, runtime, table, bundle = extractor_rig  # poison_attempts=1: a poison message is dead-lettered at once
+    runtime.extractor.table = _ChangelogNotInMetadataYet(table, failures=3)
+    event = upload_event(runtime, image((1, 2, 3), salt="meta"))
+    async with _agent(app, "extractor").test_context() as agent:
+        await agent.put(event[2], key=event[1], wait=False)
+        await until(lambda: len(runtime.on(runtime.settings.features_topic)) == 1, timeout=15,
+                    what="the descriptors, once the metadata shows the changelog")
+    assert not runtime.on(runtime.settings.dead_letter_topic)
+    assert len(table) == 1
+
+
 async def test_undecodable_and_missing_images_are_dead_lettered_and_the_batch_goes_on(extractor_rig):
     app, runtime, table, bundle = extractor_rig
     good = upload_event(runtime, image((255, 0, 0), salt="ok"))

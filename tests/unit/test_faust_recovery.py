@@ -676,3 +676,17 @@ async def test_a_delivery_error_propagates_from_the_first_step():
             await consumer._drain_messages(fetcher)
     finally:
         faust_patches.restore()
+
+
+# --- fix 7: an idempotent producer outside transactions ----------------------------------------------
+
+def test_the_producer_is_idempotent_unless_the_settings_say_otherwise(tmp_path):
+    from app.core.settings import Settings
+    from app.stream.faust_app import create_faust_app
+
+    def producer_extra(**kw) -> dict:
+        app = create_faust_app(Settings(_env_file=None, state_dir=tmp_path, app_id=f"idem-{len(kw)}", **kw))
+        return dict(app.producer._settings_extra())
+
+    assert producer_extra() == {"acks": "all", "enable_idempotence": True}
+    assert "enable_idempotence" not in producer_extra(kafka_idempotent_producer=False)

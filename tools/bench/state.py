@@ -47,7 +47,7 @@ class Pipeline:
 
     @property
     def changelog(self) -> str:
-        return f"{self.settings.app_id}-{descriptors.TABLE_NAME}-changelog"
+        return self.settings.descriptor_changelog_topic
 
 
 def _pipeline(base: Settings, tag: str) -> Pipeline:
