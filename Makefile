@@ -18,6 +18,7 @@ up: setup
 down:
 	imgstream stack down
 	@if [ -d var/secure ]; then imgstream stack down --secure; fi
+	@if [ -d var/cluster ]; then imgstream stack down --brokers 3 kafka; fi
 	@if [ -f var/run/podman-service.pid ]; then imgstream compose stop-service; fi
 
 # A full model unless one is already published; this is the target that regenerates the committed

@@ -38,12 +38,17 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         secure: bool = typer.Option(False, help="the secured twin on its own ports: Kafka over SASL_SSL, "
                                                 "PostgreSQL and S3 over TLS, certificates and secrets made for "
                                                 "the run; the worker's settings in var/secure/imgstream.env"),
+        brokers: int = typer.Option(1, min=1, max=3, help="3: a Kafka cluster of three brokers (ports 29092-29094, "
+                                    "replication factor 3, min.insync.replicas 2) in place of the single broker; "
+                                    "the worker's settings in var/cluster/imgstream.env"),
     ) -> None:
         """Install what is missing and start the services on 127.0.0.1; idempotent."""
         from tools import stack
 
+        if brokers not in (1, 3):
+            raise typer.BadParameter("a cluster has 3 brokers (a quorum that survives one loss); 1 is the default")
         names = list(services or stack.SERVICES) + (["prometheus"] if with_prometheus else [])
-        stack.up(get_settings(), names, report=console.print, secure=secure)
+        stack.up(get_settings(), names, report=console.print, secure=secure, brokers=brokers)
         if secure:
             from tools.stack.secure import prepare
 
@@ -52,21 +57,23 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
 
     @stack_cli.command("down")
     def stack_down(services: list[str] = typer.Argument(None),
-                   secure: bool = typer.Option(False, help="the secured twin")) -> None:
+                   secure: bool = typer.Option(False, help="the secured twin"),
+                   brokers: int = typer.Option(1, help="3: the Kafka cluster")) -> None:
         """Stop the services this project started (by pid file)."""
         from tools import stack
 
-        stack.down(get_settings(), services, report=console.print, secure=secure)
+        stack.down(get_settings(), services, report=console.print, secure=secure, brokers=brokers)
 
 
     @stack_cli.command("status")
     def stack_status(services: list[str] = typer.Argument(None),
-                     secure: bool = typer.Option(False, help="the secured twin")) -> None:
+                     secure: bool = typer.Option(False, help="the secured twin"),
+                     brokers: int = typer.Option(1, help="3: the Kafka cluster")) -> None:
         """Each service with its pid and a real health check; exits 1 if one is unhealthy."""
         from tools import stack
 
         table = Table("service", "pid", "health")
-        rows = stack.status(get_settings(), services, secure=secure)
+        rows = stack.status(get_settings(), services, secure=secure, brokers=brokers)
         for name, pid, health in rows:
             table.add_row(name, str(pid or "-"), health if health != "healthy" else "[green]healthy[/]")
         console.print(table)
@@ -255,6 +262,8 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         out: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="markdown report; the PNG and JSON go beside it"),
         baseline: str = typer.Option(None, help="git ref whose workers also run the photo phase, for a before/after "
                                      "in this one run"),
+        brokers: int = typer.Option(1, help="3: also run the main phase on the three-broker Kafka cluster (started "
+                                    "if it is not running), beside the single broker"),
     ) -> None:
         """Measure imgstream against the hardware limit, the original design and a plain HTTP service."""
         import asyncio
@@ -262,7 +271,8 @@ def register(cli: typer.Typer, models_cli: typer.Typer) -> None:
         from tools.bench import report, runner
 
         _stop_children_on_sigterm()
-        result = asyncio.run(runner.Bench(get_settings(), quick, data, out, log=console.print, baseline=baseline).run())
+        result = asyncio.run(runner.Bench(get_settings(), quick, data, out, log=console.print, baseline=baseline,
+                                          brokers=brokers).run())
         out.parent.mkdir(parents=True, exist_ok=True)
         png = out.with_suffix(".png")
         report.plot(result, png)

@@ -23,6 +23,25 @@ DESCRIPTIONS = {
     "postgres_outage": "PostgreSQL stopped for 30 s, then started again",
     "s3_outage": "the S3 server stopped for 10 s (uploads meanwhile: 503 + Retry-After), then started again",
     "two_workers_one_killed": "two workers on 4 partitions; one killed with `kill -9`; the other takes over",
+    "cluster_leader_kill9": "three brokers: `kill -9` of the broker leading most input partitions under continuous "
+                            "uploads, restarted 15 s later",
+    "cluster_rolling_restart": "three brokers restarted one at a time (SIGTERM, start, back in sync before the next) "
+                               "under continuous uploads",
+    "cluster_controller_kill9": "three brokers: `kill -9` of the active KRaft controller, restarted after the quorum "
+                                "elected another",
+    "cluster_two_brokers_down": "two of three brokers stopped for 40 s (below min.insync.replicas: uploads refused "
+                                "with 503), then both started",
+    "cluster_network_cut_30s": "three brokers: one broker's client and controller ports cut off on loopback for 30 s "
+                               "(iptables DROP both ways) under continuous uploads",
+}
+CLUSTER_FIGURES = {
+    "in_sync_after_s": "no partition under-replicated after (s)",
+    "in_sync_after_each_s": "back in sync after each restart (s)",
+    "groups_at_log_end": "consumer groups at the log end (Kafka's tool)",
+    "longest_producer_stall_s": "longest gap between two accepted uploads while cut (s)",
+    "back_in_sync_after_heal_s": "back in sync after the cut healed (s)",
+    "refused_while_two_down": "refused while two were down",
+    "new_controller": "controller elected",
 }
 
 
@@ -54,6 +73,16 @@ def write(records: list[dict], path: Path) -> None:
             f"{r['complete']} | {r['lost']} | {r['doubled']} | {r.get('worst_latency_s', 0):.1f} | "
             f"{r.get('extractor_reruns', 0)} | {c.get('fast', 0)}/{c.get('balanced', 0)}/{c.get('accurate', 0)} | "
             f"{r.get('input_resends', 0)} |")
+    cluster = [r for r in records if r["test"].startswith("cluster_")]
+    if cluster:
+        lines += ["", "On the three-broker cluster (`imgstream stack up --brokers 3`; replication factor 3, "
+                  "min.insync.replicas 2, idempotent producer), also:", "",
+                  "| test | " + " | ".join(CLUSTER_FIGURES.values()) + " |",
+                  "|---|" + "---|" * len(CLUSTER_FIGURES)]
+        for r in cluster:
+            cells = [", ".join(f"{k}: {v}" for k, v in r[k].items()) if isinstance(r.get(k), dict)
+                     else str(r[k]) if k in r else "" for k in CLUSTER_FIGURES]
+            lines.append(f"| `{r['test']}` | " + " | ".join(cells) + " |")
     lines += [
         "",
         "How the columns are measured:",

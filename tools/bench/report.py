@@ -309,7 +309,27 @@ def markdown(r: dict, png_name: str) -> str:
         lines += _loop_profile(im["event_loop_profile"], im["saturation"])
     if "shadows" in r:
         lines += _shadows(r["shadows"])
+    if "cluster" in r:
+        lines += _cluster(r["cluster"])
     return "\n".join(lines)
+
+
+def _cluster(c: dict) -> list[str]:
+    one, three = c["single"], c["cluster"]
+    rows = []
+    for name, v in (("one broker (replication factor 1)", one),
+                    ("three brokers (replication factor 3, min.insync.replicas 2, idempotent producer)", three)):
+        o = v["open_loop"]
+        rows.append(f"| {name} | {_f(v['images_per_s'])} | {_f(o['end_to_end_50_ms'])} | {_f(o['end_to_end_99_ms'])} | "
+                    f"{_f(v['kafka_cpu_ms_per_image'], '.2f')} |")
+    return ["## 12. A Kafka cluster of three brokers", "",
+            "The main phase (one saturation pass, then 10 % of it) against the single broker and, right after, "
+            "against `imgstream stack up --brokers 3` on the same cores: every write is kept by three brokers and "
+            "confirmed once two have it.", "",
+            "| Kafka | imgstream images/s | end to end p50 at 10 % (ms) | p99 (ms) | Kafka CPU ms per image (all brokers) |",
+            "|---|---|---|---|---|", *rows, "",
+            f"Throughput with three brokers: {_f(three['images_per_s'] / one['images_per_s'], '.2f')}x the single "
+            f"broker's; Kafka's CPU per image {_f(three['kafka_cpu_ms_per_image'] / max(one['kafka_cpu_ms_per_image'], 1e-9), '.1f')}x.", ""]
 
 
 def _crop_share(crops: dict | None) -> tuple[float, float] | None:

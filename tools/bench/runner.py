@@ -86,7 +86,7 @@ async def wait_http(url: str, timeout: float = 120, proc: Process | None = None)
 
 class Bench:
     def __init__(self, settings: Settings, quick: bool, source: Path, out: Path, log=print,
-                 baseline: str | None = None) -> None:
+                 baseline: str | None = None, brokers: int = 1) -> None:
         self.settings, self.quick, self.source, self.out, self.log = settings, quick, source, out, log
         self.run_id = uuid.uuid4().hex[:6]
         self.logs = settings.state_dir / "bench" / self.run_id
@@ -95,6 +95,7 @@ class Bench:
         self.dsn = settings.postgres_dsn.get_secret_value()
         self.n = 160 if quick else 600
         self.baseline = baseline
+        self.brokers = brokers  # 3: the main phase also runs on the three-broker cluster
 
     # --- processes ------------------------------------------------------------------------------
     def env(self, tag: str, **extra: str) -> dict[str, str]:
@@ -201,7 +202,7 @@ class Bench:
     async def pipeline(self, tag: str, bundle_env: dict[str, str], images: Images, levels: bool = True,
                        fractions: tuple[float, ...] = (0.1, 0.5, 0.8), cwd: Path = REPO,
                        profile_loop: bool = False, passes: int = 1, paired_limit: Path | None = None,
-                       warm_up: int = 32) -> dict:
+                       warm_up: int = 32, service_pids: dict[str, int] | None = None) -> dict:
         """One worker: ``warm_up`` images, then saturation (the median of ``passes`` closed-loop
         passes, each on its own images; the machine's speed drifts between passes of one run),
         then open-loop latency.
@@ -215,8 +216,8 @@ class Bench:
         for _ in range(passes):
             if paired_limit:
                 paired.append(self.limits(paired_limit, limit_images)["images_per_s"])
-            runs.append(await self.saturate(url, images.take(self.n),
-                                            cpu_parts={"worker": proc.pid(), **local_service_pids(self.settings)}))
+            pids = service_pids if service_pids is not None else local_service_pids(self.settings)
+            runs.append(await self.saturate(url, images.take(self.n), cpu_parts={"worker": proc.pid(), **pids}))
         sat = sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
         out = {"saturation": {k: v for k, v in sat.items() if k not in ("ids", "responses")}, "open_loop": [],
                "crops": await _crop_sources(url)}
@@ -242,6 +243,31 @@ class Bench:
                 out["open_loop"].append({"fraction": frac, **await self.open_loop(url, images.take(n), rate, duration)})
         out["peak_rss_mb"] = proc.peak_rss_mb()
         self.stop_all()
+        return out
+
+    async def cluster(self, images: Images) -> dict:
+        """The main phase (one pass of saturation, then 10 % load) on the single broker and on the
+        three-broker cluster (replication factor 3, min.insync.replicas 2, idempotent producer), one
+        right after the other: the cost of replication in throughput, latency and Kafka's CPU."""
+        from tools.stack.cluster import KafkaCluster, cluster_settings, env as cluster_env
+
+        stack = KafkaCluster(self.settings)
+        await asyncio.to_thread(stack.up)
+        nodes = {n.name: n.proc.pid() for n in stack.nodes}
+        services = local_service_pids(self.settings)
+        out = {}
+        try:
+            for tag, extra, pids in (("single", {}, services),
+                                     ("cluster", cluster_env(self.settings),
+                                      {**{k: v for k, v in services.items() if k != "kafka"}, **nodes})):
+                run = await self.pipeline(f"brokers-{tag}", extra, images, fractions=(0.1,), warm_up=self.n // 2,
+                                          service_pids=pids)
+                cpu = run["saturation"].get("cpu", {})
+                kafka_ms = sum(v for k, v in cpu.get("ms_per_image", {}).items() if k.startswith("kafka"))
+                out[tag] = {"images_per_s": run["saturation"]["images_per_s"], "open_loop": run["open_loop"][0],
+                            "kafka_cpu_ms_per_image": kafka_ms, "cpu": cpu}
+        finally:
+            await broker.delete_topics(cluster_settings(self.settings), f"bench-{self.run_id}-")
         return out
 
     async def profile_pass(self, proc: Process, url: str, images: Images) -> dict | None:
@@ -536,6 +562,9 @@ class Bench:
                                                            paired_limit=path, warm_up=32 if self.quick else self.n)
             sat = self.result["imgstream"]["saturation"]["images_per_s"]
             self.log(f"   saturation {sat:.1f} images/s")
+            if self.brokers > 1:
+                self.log("12. the three-broker cluster beside the single broker")
+                self.result["cluster"] = await self.cluster(images)
             self.log("5a. peer: synchronous HTTP service")
             self.result["sync"] = await self.sync_peer(images, 0.1 * sat)
             self.log("5b. peer: the original 'before' design")

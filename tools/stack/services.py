@@ -146,11 +146,10 @@ class Kafka(Service):
                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
                 "-cp", f"{self.libs}/*", *args]
 
-    def _write_config(self) -> Path:
-        data = self.dir / "data"
-        props = self.dir / "server.properties"
+    def _properties(self) -> list[str]:
+        """server.properties of a single combined broker and controller (node 1, a quorum of one)."""
         listener = "SASL_SSL" if self.secure else "PLAINTEXT"
-        lines = [
+        return [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.port + 1}",
@@ -160,7 +159,7 @@ class Kafka(Service):
             f"inter.broker.listener.name={listener}",
             f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
             *self._security_config(),
-            f"log.dirs={data}",
+            f"log.dirs={self.dir / 'data'}",
             f"num.partitions={self.settings.topic_partitions}",
             "auto.create.topics.enable=false",
             "offsets.topic.replication.factor=1",
@@ -171,8 +170,15 @@ class Kafka(Service):
             "log.retention.check.interval.ms=60000",
             "",
         ]
+
+    def _cluster_id(self) -> str:
+        return kafka_cluster_id()
+
+    def _write_config(self) -> Path:
+        data = self.dir / "data"
+        props = self.dir / "server.properties"
         # the listener's SASL configuration holds the admin's password: readable by its owner only
-        write_private(props, "\n".join(lines))
+        write_private(props, "\n".join(self._properties()))
         (self.dir / "log4j.properties").write_text(
             "log4j.rootLogger=INFO, stdout\n"
             "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
@@ -186,7 +192,7 @@ class Kafka(Service):
             (self.dir / ".user-created").unlink(missing_ok=True)
             scram = ["--add-scram", f"SCRAM-SHA-512=[name={KAFKA_ADMIN},password={self.secure.secrets['kafka_admin_password']}]"] \
                 if self.secure else []
-            _run(self._java("kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(), "-c", str(props), *scram),
+            _run(self._java("kafka.tools.StorageTool", "format", "-t", self._cluster_id(), "-c", str(props), *scram),
                  "formatting Kafka storage")
         return props
 
@@ -527,22 +533,48 @@ def _select(settings: Settings, names: list[str] | None, running_optional: bool 
     return [known[n](settings, stack) for n in chosen]
 
 
-def up(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False) -> None:
+def _cluster(settings: Settings, names: list[str] | None, brokers: int):
+    """The cluster in place of the single broker (``--brokers N``, N > 1), or None."""
+    if brokers <= 1 or (names and "kafka" not in names):
+        return None
+    from tools.stack.cluster import KafkaCluster
+
+    return KafkaCluster(settings, brokers)
+
+
+def _without_kafka(names: list[str] | None, brokers: int) -> list[str] | None:
+    if brokers <= 1:
+        return names
+    return [n for n in (names or SERVICES) if n != "kafka"]
+
+
+def up(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False,
+       brokers: int = 1) -> None:
     """Install what is missing side by side (Kafka's jars, the versitygw build and any apt package
     are independent downloads), then start the services one by one in a fixed order."""
-    services = _select(settings, names, secure=secure)
-    with ThreadPoolExecutor(max_workers=len(services)) as pool:
-        for done in [pool.submit(svc.install) for svc in services]:
+    services = _select(settings, _without_kafka(names, brokers), secure=secure)
+    cluster = _cluster(settings, names, brokers)
+    with ThreadPoolExecutor(max_workers=len(services) + 1) as pool:
+        for done in [pool.submit(svc.install) for svc in [*services, *([cluster] if cluster else [])]]:
             done.result()
     for svc in services:
         report(f"{svc.name}{' (secured)' if secure else ''}: {svc.up()}")
+    if cluster is not None:
+        report(f"{cluster.name}: {cluster.up()}")
 
 
-def down(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False) -> None:
-    for svc in reversed(_select(settings, names, running_optional=True, secure=secure)):
+def down(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False,
+         brokers: int = 1) -> None:
+    cluster = _cluster(settings, names, brokers)
+    if cluster is not None:
+        report(f"{cluster.name}: {cluster.down()}")
+    for svc in reversed(_select(settings, _without_kafka(names, brokers), running_optional=True, secure=secure)):
         report(f"{svc.name}{' (secured)' if secure else ''}: {svc.down()}")
 
 
 def status(settings: Settings, names: list[str] | None = None,
-           secure: bool = False) -> list[tuple[str, int | None, str]]:
-    return [(svc.name, *svc.status()) for svc in _select(settings, names, running_optional=True, secure=secure)]
+           secure: bool = False, brokers: int = 1) -> list[tuple[str, int | None, str]]:
+    rows = [(svc.name, *svc.status())
+            for svc in _select(settings, _without_kafka(names, brokers), running_optional=True, secure=secure)]
+    cluster = _cluster(settings, names, brokers)
+    return rows + (cluster.status() if cluster is not None else [])
