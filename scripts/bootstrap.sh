@@ -22,6 +22,8 @@ if [[ "${IMGSTREAM_TEST_TOOLS:-0}" == 1 ]]; then
   command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
   # the pause process of the pods `podman kube play` starts
   [[ -x /usr/libexec/podman/catatonit || -x /usr/bin/catatonit ]] || need_apt+=(catatonit)
+  # the cluster scenarios cut a broker off the network with iptables rules on loopback
+  command -v iptables >/dev/null || [[ -x /usr/sbin/iptables ]] || need_apt+=(iptables)
   if [[ "${IMGSTREAM_BROWSER_TESTS:-1}" == 1 ]]; then
     command -v chromium >/dev/null || need_apt+=(chromium)
   fi

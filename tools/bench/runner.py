@@ -252,6 +252,7 @@ class Bench:
         from tools.stack.cluster import KafkaCluster, cluster_settings, env as cluster_env
 
         stack = KafkaCluster(self.settings)
+        was_running = all(n.proc.pid() is not None for n in stack.nodes)
         await asyncio.to_thread(stack.up)
         nodes = {n.name: n.proc.pid() for n in stack.nodes}
         services = local_service_pids(self.settings)
@@ -268,6 +269,8 @@ class Bench:
                             "kafka_cpu_ms_per_image": kafka_ms, "cpu": cpu}
         finally:
             await broker.delete_topics(cluster_settings(self.settings), f"bench-{self.run_id}-")
+            if not was_running:  # three idle JVMs would take CPU from the phases after this one
+                await asyncio.to_thread(stack.down)
         return out
 
     async def profile_pass(self, proc: Process, url: str, images: Images) -> dict | None:
