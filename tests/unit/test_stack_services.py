@@ -45,3 +45,13 @@ def test_an_existing_sidecar_store_keeps_its_mode(tmp_path):
     # a store made before the mode was recorded has its metadata in meta/: xattrs would lose it
     (tmp_path / "s3" / "meta").mkdir(parents=True)
     assert metadata_store(tmp_path / "s3", probe=lambda *args: None) == "sidecar"
+
+
+def test_with_a_cluster_the_single_broker_is_never_selected_and_kafka_alone_selects_nothing_else():
+    from app.core.settings import Settings
+    from tools.stack.services import _others
+
+    s = Settings(_env_file=None)
+    assert [svc.name for svc in _others(s, None, 3)] == ["postgres", "s3"]
+    assert _others(s, ["kafka"], 3) == []
+    assert [svc.name for svc in _others(s, ["kafka"], 1)] == ["kafka"]

@@ -542,17 +542,19 @@ def _cluster(settings: Settings, names: list[str] | None, brokers: int):
     return KafkaCluster(settings, brokers)
 
 
-def _without_kafka(names: list[str] | None, brokers: int) -> list[str] | None:
+def _others(settings: Settings, names: list[str] | None, brokers: int, **kw) -> list[Service]:
+    """The services besides the cluster (all of ``names``, or every one, when there is none)."""
     if brokers <= 1:
-        return names
-    return [n for n in (names or SERVICES) if n != "kafka"]
+        return _select(settings, names, **kw)
+    rest = [n for n in (names or SERVICES) if n != "kafka"]
+    return _select(settings, rest, **kw) if rest else []
 
 
 def up(settings: Settings, names: list[str] | None = None, report=print, secure: bool = False,
        brokers: int = 1) -> None:
     """Install what is missing side by side (Kafka's jars, the versitygw build and any apt package
     are independent downloads), then start the services one by one in a fixed order."""
-    services = _select(settings, _without_kafka(names, brokers), secure=secure)
+    services = _others(settings, names, brokers, secure=secure)
     cluster = _cluster(settings, names, brokers)
     with ThreadPoolExecutor(max_workers=len(services) + 1) as pool:
         for done in [pool.submit(svc.install) for svc in [*services, *([cluster] if cluster else [])]]:
@@ -568,13 +570,13 @@ def down(settings: Settings, names: list[str] | None = None, report=print, secur
     cluster = _cluster(settings, names, brokers)
     if cluster is not None:
         report(f"{cluster.name}: {cluster.down()}")
-    for svc in reversed(_select(settings, _without_kafka(names, brokers), running_optional=True, secure=secure)):
+    for svc in reversed(_others(settings, names, brokers, running_optional=True, secure=secure)):
         report(f"{svc.name}{' (secured)' if secure else ''}: {svc.down()}")
 
 
 def status(settings: Settings, names: list[str] | None = None,
            secure: bool = False, brokers: int = 1) -> list[tuple[str, int | None, str]]:
     rows = [(svc.name, *svc.status())
-            for svc in _select(settings, _without_kafka(names, brokers), running_optional=True, secure=secure)]
+            for svc in _others(settings, names, brokers, running_optional=True, secure=secure)]
     cluster = _cluster(settings, names, brokers)
     return rows + (cluster.status() if cluster is not None else [])
