@@ -221,15 +221,16 @@ class Extractor:
             desc = np.concatenate([o[0] for o in outs])
             self.drift.add(bundle, desc)
             shadow_desc = [np.concatenate([o[1 + s] for o in outs]) for s in range(len(shadows))]
-            for n, (i, d) in enumerate(zip(ex.first, desc, strict=True)):
-                item = items[i]
-                item.pixels = None
-                answers[i] = Answer(d, False, shadow=[sd[n] for sd in shadow_desc])
-                with table_codec.event_context(item.event), _changelog_metadata_is_an_outage():
-                    self.table[item.msg.sha256] = table_codec.pack(version, d, UUID(item.msg.image_id),
-                                                                   partition=item.event.message.partition,
-                                                                   written_at=batch.started)
-                self.claims.fulfil(mine, item.msg.sha256, d)
+            with _changelog_metadata_is_an_outage():
+                for n, (i, d) in enumerate(zip(ex.first, desc, strict=True)):
+                    item = items[i]
+                    item.pixels = None
+                    answers[i] = Answer(d, False, shadow=[sd[n] for sd in shadow_desc])
+                    with table_codec.event_context(item.event):
+                        self.table[item.msg.sha256] = table_codec.pack(version, d, UUID(item.msg.image_id),
+                                                                       partition=item.event.message.partition,
+                                                                       written_at=batch.started)
+                    self.claims.fulfil(mine, item.msg.sha256, d)
         for i, first in ex.copies.items():
             answers[i] = Answer(answers[first].descriptors, True, shadow=answers[first].shadow)
         COMPUTE_SECONDS.labels(STAGE, version).observe(time.perf_counter() - started)

@@ -18,7 +18,7 @@ QUICK_PER_CLASS=${QUICK_PER_CLASS:-500}
 mkdir -p var/logs var/reports
 SECONDS=0
 
-onnx=$(python -c 'from app.core.settings import get_settings as g; s = g(); print(s.state_dir / "onnx" / f"{s.backbone}.onnx")')
+onnx=$(python -c 'from app.core.settings import get_settings; from tools.cli import _onnx_path; print(_onnx_path(get_settings().backbone))')
 export_pid=
 if [[ ! -f $onnx ]]; then
   echo "run: exporting the backbone in the background (var/logs/export.log) while the services start"

@@ -44,11 +44,6 @@ class UploadRecorder:
                             len(self.pending), type(exc).__name__, backoff.delay)
                 await backoff.wait()
 
-    async def drained(self) -> None:
-        """Returns once every pending row is written (tests, an orderly stop)."""
-        while self._task is not None and not self._task.done():
-            await asyncio.wait({self._task})
-
     def stop(self) -> None:
         if self.pending:
             log.error("stopping with %d accepted upload(s) not recorded in PostgreSQL (their predictions "

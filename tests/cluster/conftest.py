@@ -4,7 +4,6 @@ checked with Kafka's own tools (consumer groups, under-replicated partitions, th
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import time
@@ -21,6 +20,13 @@ class Cluster:
         self.stack = KafkaCluster(settings)
         self.settings = self.stack.settings
         self.nodes: dict[int, KafkaNode] = {n.node_id: n for n in self.stack.nodes}
+        # Kafka's tools log to stdout by the brokers' config; theirs: warnings only, to stderr
+        self.tools_log4j = self.nodes[1].cluster_root / "tools-log4j.properties"
+        self.tools_log4j.parent.mkdir(parents=True, exist_ok=True)
+        self.tools_log4j.write_text(
+            "log4j.rootLogger=WARN, stderr\nlog4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stderr.Target=System.err\nlog4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n\n")
 
     def env(self) -> dict[str, str]:
         return env(self.base)
@@ -29,12 +35,7 @@ class Cluster:
     def tool(self, cls: str, *args: str, timeout: float = 60) -> str:
         """Run one of Kafka's command-line tools (from the broker's jars) against the cluster."""
         node = self.nodes[1]
-        quiet = node.cluster_root / "tools-log4j.properties"  # the tools' own logging to stderr, warnings only
-        quiet.write_text("log4j.rootLogger=WARN, stderr\nlog4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
-                         "log4j.appender.stderr.Target=System.err\n"
-                         "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n"
-                         "log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n\n")
-        java = [a if not a.startswith("-Dlog4j.configuration=") else f"-Dlog4j.configuration=file:{quiet}"
+        java = [a if not a.startswith("-Dlog4j.configuration=") else f"-Dlog4j.configuration=file:{self.tools_log4j}"
                 for a in node._java(cls, "--bootstrap-server", self.bootstrap_alive(), *args)]
         proc = subprocess.run(java, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
@@ -123,10 +124,6 @@ def cluster(stack):
     c.stack.up()
     c.wait_in_sync()
     yield c
-
-
-def run(coro):
-    return asyncio.get_event_loop_policy().new_event_loop().run_until_complete(coro)
 
 
 # the chaos tests' recorder: the cluster's figures go to the same report

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from app.core.threads import Pool as named_pool
+from app.core.threads import Pool
 from tools.bench.cpu import BACKBONE, S3_CLIENT, jit_cpu, per_image_ms, thread_cpu
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux /proc")
@@ -28,10 +28,10 @@ def _spin(seconds: float) -> None:
 
 
 def test_pool_threads_carry_their_names_to_the_os():
-    with named_pool(1, "onnx") as pool:
+    with Pool(1, "onnx") as pool:
         assert pool.submit(_comm).result() == "onnx_0"
     # a thread started from a named one inherits the name (onnxruntime's intra-op threads do)
-    with named_pool(1, "decode") as pool:
+    with Pool(1, "decode") as pool:
         def child() -> str:
             out: list[str] = []
             t = threading.Thread(target=lambda: out.append(_comm()))
@@ -46,7 +46,7 @@ def test_pool_threads_carry_their_names_to_the_os():
     ("tokio-rt-worker", S3_CLIENT),  # obstore's Rust runtime names its threads so
 ])
 def test_thread_cpu_counts_a_named_pool_in_its_group(prefix, group):
-    with named_pool(1, prefix) as pool:
+    with Pool(1, prefix) as pool:
         pool.submit(lambda: None).result()  # the thread exists before the first read
         before = thread_cpu(os.getpid())
         pool.submit(_spin, 0.3).result()
@@ -58,7 +58,7 @@ def test_thread_cpu_counts_a_named_pool_in_its_group(prefix, group):
 
 def test_jit_cpu_counts_only_compiler_threads():
     # HotSpot's compiler threads are "C2 CompilerThread0", which Linux cuts to 15 characters
-    with named_pool(1, "C2 CompilerThread") as jit, named_pool(1, "kafka-request") as work:
+    with Pool(1, "C2 CompilerThread") as jit, Pool(1, "kafka-request") as work:
         jit.submit(lambda: None).result()
         work.submit(lambda: None).result()
         before = jit_cpu(os.getpid())

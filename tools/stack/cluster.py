@@ -18,7 +18,7 @@ from pathlib import Path
 from app.core.settings import Settings
 from tools.base.errors import ToolingError
 from tools.base.process import wait_until
-from tools.stack.services import Kafka, _health, kafka_cluster_id
+from tools.stack.services import Kafka, kafka_cluster_id
 from tools.stack.secure import write_private
 
 BROKERS = 3
@@ -54,9 +54,7 @@ class KafkaNode(Kafka):
         self.cluster_root = root(base)
         node_settings = cluster_settings(base, nodes).model_copy(update={
             "state_dir": self.cluster_root, "kafka_bootstrap": f"127.0.0.1:{BROKER_PORT + node_id}"})
-        super().__init__(node_settings)
-        self.name = f"kafka-{node_id}"
-        self.__post_init__()  # the folder, log and pid file of this node's name
+        super().__init__(node_settings, name=f"kafka-{node_id}")
 
     def _properties(self) -> list[str]:
         voters = ",".join(f"{n}@127.0.0.1:{CONTROLLER_PORT + n}" for n in range(1, self.nodes + 1))
@@ -94,17 +92,6 @@ class KafkaNode(Kafka):
         if not path.exists():
             write_private(path, kafka_cluster_id())
         return path.read_text().strip()
-
-    def start(self) -> None:
-        self.install()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.proc.pid() is None:
-            self.launch()
-
-    def health(self) -> str | None:
-        from app.stream import broker
-
-        return _health(lambda: broker.ping(self.settings, timeout=3))
 
     def provision(self) -> None:  # the cluster creates the topics once, not each node
         pass

@@ -85,14 +85,18 @@ class Service:
     def health(self) -> str | None: ...
     def provision(self) -> None: ...
 
-    def up(self) -> str:
-        if self.proc.pid() is not None and self.health() is None:
-            self.provision()
-            return "already running"
+    def start(self) -> None:
+        """Install what is missing and launch the process unless it runs; no health wait."""
         self.install()
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.proc.pid() is None:
             self.launch()
+
+    def up(self) -> str:
+        if self.proc.pid() is not None and self.health() is None:
+            self.provision()
+            return "already running"
+        self.start()
         ok, reason = wait_until(self._alive_and_healthy, self.start_timeout)
         if not ok:
             raise ToolingError(f"{self.name} did not become healthy: {reason}\n--- {self.proc.log_file} ---\n"
@@ -117,8 +121,8 @@ class Service:
 class Kafka(Service):
     """Apache Kafka in KRaft mode (combined broker+controller), jars from Maven Central."""
 
-    def __init__(self, settings: Settings, secure: SecureStack | None = None) -> None:
-        super().__init__(settings, "kafka", start_timeout=120, secure=secure)
+    def __init__(self, settings: Settings, secure: SecureStack | None = None, name: str = "kafka") -> None:
+        super().__init__(settings, name, start_timeout=120, secure=secure)
         self.libs = settings.cache_dir / f"kafka-{settings.kafka_version}" / "libs"
         host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
